@@ -1,0 +1,3 @@
+"""foreman: one queued, observable front for one Ollama server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""Log observers: text or one JSON object per line, secrets scrubbed.
+
+twistd asks the application for an ``ILogObserver`` component before it falls
+back to its own file observer; the foreman service sets one built here, so the
+format setting and the secret scrubbing apply to every line, Twisted's own
+included.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsText,
+    formatEvent,
+)
+from zope.interface import implementer
+
+__all__ = ["make_observer", "scrub"]
+
+_REDACTED = "[redacted]"
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of a secret (tokens, webhook secret) in ``text``."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+@implementer(ILogObserver)
+class _TextObserver:
+    def __init__(self, out: IO[str], secrets: tuple[str, ...]) -> None:
+        self._out = out
+        self._secrets = secrets
+
+    def __call__(self, event: LogEvent) -> None:
+        text = eventAsText(event, includeSystem=True, formatTime=_iso_time)
+        if not text:
+            return
+        self._out.write(scrub(text, self._secrets) + "\n")
+        self._out.flush()
+
+
+def _iso_time(when: float | None) -> str:
+    import datetime
+
+    if when is None:
+        return "-"
+    dt = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_SKIP_KEYS = {"log_logger", "log_source", "log_format", "log_io", "log_trace", "log_flattened"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+@implementer(ILogObserver)
+class _JSONObserver:
+    def __init__(self, out: IO[str], secrets: tuple[str, ...]) -> None:
+        self._out = out
+        self._secrets = secrets
+
+    def __call__(self, event: LogEvent) -> None:
+        record: dict[str, Any] = {
+            "time": _iso_time(event.get("log_time")),
+            "level": getattr(event.get("log_level"), "name", "info"),
+            "namespace": event.get("log_namespace", ""),
+            "message": formatEvent(event),
+        }
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        for key, value in event.items():
+            if key.startswith("log_") or key in _SKIP_KEYS or key in record:
+                continue
+            record[key] = _jsonable(value)
+        line = json.dumps(record, default=repr, separators=(",", ":"))
+        self._out.write(scrub(line, self._secrets) + "\n")
+        self._out.flush()
+
+
+def make_observer(fmt: str, secrets: tuple[str, ...], out: IO[str] | None = None) -> ILogObserver:
+    """The observer for ``FOREMAN_LOG_FORMAT``; debug events are dropped."""
+    stream = sys.stdout if out is None else out
+    inner: ILogObserver = (
+        _JSONObserver(stream, secrets) if fmt == "json" else _TextObserver(stream, secrets)
+    )
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    return FilteringLogObserver(inner, [predicate])

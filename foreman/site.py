@@ -1,0 +1,122 @@
+"""The one ``twisted.web`` site: routing by first path segment, auth, body limit.
+
+foreman's own routes (``/jobs``, ``/status`` …) go to Klein apps; everything
+else goes to the streaming proxy. The choice is made once per request in
+``getResourceFor`` from the raw path, before any resource tree walk, which
+keeps the proxy's hot path short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from foreman.auth import TokenCheck
+from foreman.errors import error_body, family_of, own_route
+
+__all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
+
+
+class _NoDelayChannel(HTTPChannel):
+    """HTTP channel with Nagle off: small writes must not wait for a delayed ACK."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(AttributeError, OSError):  # not TCP: a unix socket
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+
+
+class ForemanRequest(Request):
+    """A request that stops buffering a body beyond the configured limit."""
+
+    too_large: bool = False
+    _received: int = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
+        if length is not None and length > limit:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
+        if self._received > limit:
+            self.too_large = True
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+class ErrorResource(Resource):
+    """Answers every method with one error, in the shape the path's clients expect."""
+
+    isLeaf = True
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[bytes, bytes] | None = None
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.status)
+        request.setHeader(b"content-type", b"application/json")
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return error_body(family_of(request.path), self.status, self.code, self.message)
+
+
+class ForemanSite(Site):
+    protocol = _NoDelayChannel  # type: ignore[assignment]
+    requestFactory = ForemanRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(
+        self,
+        own: IResource,
+        proxy: IResource,
+        tokens: TokenCheck,
+        max_body: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(own, **kwargs)  # type: ignore[no-untyped-call]
+        self.own = own
+        self.proxy = proxy
+        self.tokens = tokens
+        self.max_body = max_body
+
+    def log(self, request: Any) -> None:
+        """Access lines come from foreman's own request logging instead."""
+
+    def getResourceFor(self, request: Any) -> IResource:
+        path: bytes = request.path
+        request.site = self
+        request.sitepath = []
+        request.prepath = []
+        request.postpath = path.split(b"/")[1:]
+        if request.too_large:
+            return ErrorResource(
+                413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
+            )
+        if not self.tokens.allows(path, request.getHeader(b"authorization")):
+            return ErrorResource(
+                401,
+                "unauthorized",
+                "missing or wrong Bearer token",
+                {b"www-authenticate": b'Bearer realm="foreman"'},
+            )
+        return self.own if own_route(path) else self.proxy
