@@ -1,0 +1,172 @@
+"""One HTTP request/response in flight: writing, waiting, noticing the client leave.
+
+Wraps ``twisted.web.server.Request`` so that handlers stay small: every wait
+goes through :meth:`Exchange.wait`, which is cancelled the moment the client
+disconnects (``notifyFinish`` errback), so generation stops at once and no
+timer outlives its request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from foreman.testing._shapes import ollama_error, openai_error
+from foreman.testing._timers import Timers
+
+T = TypeVar("T")
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+class HTTPError(Exception):
+    """Raised by a handler: answer ``status`` with an error body of the route's shape."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Exchange:
+    def __init__(
+        self,
+        request: Request,
+        path: str,
+        timers: Timers,
+        now: Callable[[], float],
+        on_end: Callable[[Exchange], None],
+    ) -> None:
+        self.request = request
+        self.path = path
+        self.method = request.method.decode("latin-1")
+        self.openai = path.startswith("/v1/")
+        self.received_at = now()
+        self.inference = False
+        self.model: str | None = None
+        self.gone = False
+        """The connection was lost before the response was finished."""
+        self.aborted = False
+        """The simulator itself dropped the connection (fault, sleep, close)."""
+        self.completed = False
+        """A successful inference response was fully written."""
+        self.ended = False
+        self._timers = timers
+        self._on_end = on_end
+        self._waiting: Deferred[Any] | None = None
+        request.notifyFinish().addBoth(self._finished)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def started(self) -> bool:
+        """Whether the status line has been written."""
+        return bool(self.request.startedWriting)
+
+    def _finished(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.gone = True
+        if not self.ended:
+            self.ended = True
+            self._on_end(self)
+        if self._waiting is not None:
+            self._waiting.cancel()  # stop generating for a client that left
+
+    async def wait(self, d: Deferred[T]) -> T:
+        """Await ``d``; raises CancelledError if the client leaves meanwhile."""
+        if self.gone or self.ended:
+            d.addErrback(lambda _: None)
+            d.cancel()
+            raise CancelledError()
+        self._waiting = d
+        try:
+            return await d
+        finally:
+            self._waiting = None
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            await self.wait(self._timers.delay(seconds))
+        elif self.gone or self.ended:
+            raise CancelledError()
+
+    # -------------------------------------------------------------- reading
+
+    def body(self) -> bytes:
+        content = self.request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        data: bytes = content.read()
+        return data
+
+    def json_body(self) -> dict[str, Any]:
+        """The JSON object body; HTTPError 400 the way Ollama words it otherwise."""
+        raw = self.body()
+        if not raw.strip():
+            raise HTTPError(400, "missing request body")
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPError(400, f"invalid JSON body: {exc}") from None
+        if not isinstance(value, dict):
+            raise HTTPError(400, "request body must be a JSON object")
+        return value
+
+    # -------------------------------------------------------------- writing
+
+    def start(
+        self, status: int, content_type: bytes, headers: dict[bytes, bytes] | None = None
+    ) -> None:
+        """Set status and headers; they leave with the first write."""
+        request = self.request
+        request.setResponseCode(status)
+        request.responseHeaders.removeHeader(b"server")
+        request.setHeader(b"content-type", content_type)
+        for name, value in (headers or {}).items():
+            request.setHeader(name, value)
+
+    def write(self, data: bytes) -> None:
+        if not self.ended and not self.gone:
+            self.request.write(data)
+
+    def flush_headers(self) -> None:
+        """Send the status line and headers now (an empty write does that)."""
+        self.write(b"")
+
+    def finish(self) -> None:
+        if not self.ended and not self.gone:
+            self.request.finish()
+
+    def respond(self, status: int, content_type: bytes, data: bytes) -> None:
+        if self.ended or self.gone:
+            return
+        self.start(status, content_type, {b"content-length": b"%d" % len(data)})
+        self.write(data)
+        self.finish()
+
+    def respond_json(self, status: int, obj: object) -> None:
+        self.respond(status, JSON_TYPE, json.dumps(obj, separators=(",", ":")).encode())
+
+    def respond_text(self, status: int, text: str) -> None:
+        self.respond(status, b"text/plain; charset=utf-8", text.encode())
+
+    def respond_error(self, status: int, message: str) -> None:
+        """An error body in the route's shape: OpenAI's on /v1, Ollama's elsewhere."""
+        body = openai_error(status, message) if self.openai else ollama_error(message)
+        self.respond_json(status, body)
+
+    def abort(self) -> None:
+        """Drop the connection at once (TCP reset); unsent data is discarded."""
+        if self.ended or self.gone:
+            return
+        self.aborted = True
+        channel = self.request.channel
+        transport = getattr(channel, "transport", None) if channel is not None else None
+        if transport is not None:
+            transport.abortConnection()

@@ -1,0 +1,518 @@
+"""The simulator object: configuration, observable state, residency, lifecycle.
+
+I/O edge around the pure parts (catalog, residency state machine, fault
+book): owns every timer and connection so that :meth:`OllamaSimulator.close`
+leaves nothing in the reactor.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from foreman.testing._exchange import Exchange
+from foreman.testing._faults import Fault, FaultBook
+from foreman.testing._models import FOREVER, Catalog, ModelInfo, ModelSpec, canonical_name
+from foreman.testing._records import Disconnect, RecordedRequest
+from foreman.testing._residency import Grant, Residency, Slot
+from foreman.testing._timers import Timers
+from foreman.testing._watchers import Watchers
+
+DEFAULT_MODELS: tuple[str, ...] = ("llama3.2", "qwen3:0.6b", "nomic-embed-text")
+
+_log = Logger()
+
+
+class _Ticket:
+    """A request waiting for its model to be resident."""
+
+    def __init__(self) -> None:
+        self.d: Deferred[None] = Deferred()
+        self.granted = False
+
+
+class OllamaSimulator:
+    """A fake Ollama server for tests; see the package docstring for the tour."""
+
+    def __init__(
+        self,
+        models: Iterable[ModelSpec | str] = DEFAULT_MODELS,
+        *,
+        token_rate: float = 50.0,
+        load_time: float = 0.2,
+        reply_tokens: int = 8,
+        reactor: Any = None,
+        required_token: str | None = None,
+        pullable: Iterable[ModelSpec | str] = (),
+        pull_time: float = 0.2,
+        record_limit: int | None = 10_000,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if token_rate < 0 or load_time < 0 or reply_tokens < 0 or pull_time < 0:
+            raise ValueError("token_rate, load_time, reply_tokens and pull_time must be >= 0")
+        self.reactor: Any = reactor
+        self.token_rate = float(token_rate)
+        self.load_time = float(load_time)
+        self.reply_tokens = reply_tokens
+        self.required_token = required_token
+        self.pull_time = float(pull_time)
+        self.record_limit = record_limit
+        """Keep at most this many recent ``requests`` / ``disconnects`` (None: all)."""
+        if isinstance(models, str):
+            models = [models]
+        if isinstance(pullable, str):
+            pullable = [pullable]
+        self.catalog = Catalog.build(models, pullable, self.load_time, self.now())
+        self.timers = Timers(reactor)
+
+        self.requests: list[RecordedRequest] = []
+        """Every request received (control routes excluded), in arrival order."""
+        self.disconnects: list[Disconnect] = []
+        """Inference requests whose client left before their response was complete."""
+        self.completed = 0
+        """Inference requests answered successfully and completely."""
+        self.in_flight = 0
+        """Inference requests being processed now (from arrival to the last byte)."""
+        self.max_in_flight = 0
+
+        self._residency = Residency()
+        self._faults = FaultBook()
+        self._expiry: IDelayedCall | None = None
+        self._expires_at = FOREVER
+        self._load_call: IDelayedCall | None = None
+        self._watchers = Watchers(reactor)
+        self._exchanges: set[Exchange] = set()
+        self._pumping = False
+        self._ids = itertools.count(1)
+        self._closed = False
+
+        from foreman.testing._server import SimulatorSite
+
+        self._site = SimulatorSite(self)
+        self._port: IListeningPort | None = None
+        self._stopping: Deferred[Any] | None = None
+        self._rebind: Any = None
+        self._wake_call: IDelayedCall | None = None
+        self.port: int | None = None
+        """The TCP port number once listening (kept while asleep)."""
+        self.host = "127.0.0.1"
+
+    # ------------------------------------------------------------- observing
+
+    def now(self) -> float:
+        return float(self.reactor.seconds())
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the listening simulator."""
+        if self.port is None:
+            raise RuntimeError("the simulator is not listening; await sim.listen() first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def loads(self) -> int:
+        """Model loads completed."""
+        return self._residency.loads
+
+    @property
+    def swaps(self) -> int:
+        """Loads that unloaded another model (or the same model with another num_ctx)."""
+        return self._residency.swaps
+
+    @property
+    def resident(self) -> str | None:
+        """Canonical name (``name:tag``) of the loaded model, or None."""
+        slot = self._residency.resident
+        return slot.model if slot else None
+
+    @property
+    def loading(self) -> str | None:
+        """Canonical name of the model being loaded now, or None."""
+        slot = self._residency.loading
+        return slot.model if slot else None
+
+    @property
+    def resident_context_length(self) -> int | None:
+        slot = self._residency.resident
+        return slot.context_length if slot else None
+
+    @property
+    def sleeping(self) -> bool:
+        return self.port is not None and self._port is None
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """Pending faults, as ``{"fault", "remaining", "path"}`` dicts."""
+        return self._faults.describe()
+
+    def expires_at(self) -> float:
+        """When the resident model will be unloaded (``inf``: never)."""
+        if self._residency.users > 0:
+            return self.now() + self._residency.keep_alive
+        return self._expires_at
+
+    def is_resident(self, model: str) -> bool:
+        return self.resident == canonical_name(model)
+
+    def state(self, include_requests: bool = False) -> dict[str, Any]:
+        """Counters as JSON-ready data (what ``GET /_simulator/state`` returns)."""
+        body: dict[str, Any] = {
+            "loads": self.loads,
+            "swaps": self.swaps,
+            "resident": self.resident,
+            "loading": self.loading,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "completed": self.completed,
+            "request_count": len(self.requests),
+            "disconnects": [d.describe() for d in self.disconnects],
+            "faults": self.faults,
+            "models": sorted(self.catalog.models),
+            "token_rate": self.token_rate,
+            "load_time": self.load_time,
+        }
+        if include_requests:
+            body["requests"] = [r.describe() for r in self.requests]
+        return body
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> Deferred[None]:
+        """Fires once ``predicate()`` is true, re-checked on every state change.
+
+        Fails with TimeoutError after ``timeout`` seconds. No polling: the
+        predicate runs when a request, load, disconnect or counter changes.
+        """
+        return self._watchers.wait_for(predicate, timeout)
+
+    def wait_for_disconnects(self, count: int = 1, timeout: float = 5.0) -> Deferred[None]:
+        return self.wait_for(lambda: len(self.disconnects) >= count, timeout)
+
+    def wait_for_requests(
+        self, count: int = 1, path: str | None = None, timeout: float = 5.0
+    ) -> Deferred[None]:
+        def seen() -> bool:
+            return sum(1 for r in self.requests if path in (None, r.path)) >= count
+
+        return self.wait_for(seen, timeout)
+
+    def changed(self) -> None:
+        """Re-check the wait_for predicates (called after every state change)."""
+        self._watchers.changed()
+
+    # ------------------------------------------------------------- controlling
+
+    def inject(self, fault: Fault | str, count: int | None = 1, path: str | None = None) -> None:
+        """Make the next ``count`` matching requests suffer ``fault``.
+
+        ``path=None`` matches inference routes (chat, generate, embed,
+        embeddings and their /v1 forms); ``"*"`` matches every route; any
+        other value is an exact path such as ``"/api/tags"``.
+        ``count=None`` keeps the fault until :meth:`clear_faults`.
+        """
+        self._faults.add(fault, count, path)
+        self.changed()
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+        self.changed()
+
+    def take_fault(self, path: str, inference: bool) -> Fault | None:
+        return self._faults.take(path, inference)
+
+    def reset(self, unload: bool = False) -> None:
+        """Forget counters, records and faults (``unload``: also unload an idle model)."""
+        self.requests.clear()
+        self.disconnects.clear()
+        self.completed = 0
+        self.max_in_flight = self.in_flight
+        self._residency.loads = 0
+        self._residency.swaps = 0
+        self._faults.clear()
+        if unload:
+            self.unload()
+        self.changed()
+
+    def unload(self, model: str | None = None) -> bool:
+        """Unload the resident model now if idle (and is ``model`` when given).
+
+        A busy model is unloaded as soon as its last request ends (like
+        Ollama's ``keep_alive: 0``). Returns True if it was unloaded now.
+        """
+        canon = canonical_name(model) if model else None
+        resident = self._residency.resident
+        if resident is None or (canon is not None and resident.model != canon):
+            return False
+        if self._residency.users > 0:
+            self._residency.keep_alive = 0.0
+            return False
+        self._residency.unload()
+        self._cancel_expiry()
+        self.changed()
+        self._pump()
+        return True
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def token_interval(self, fault: Fault | None = None) -> float:
+        interval = 1.0 / self.token_rate if self.token_rate > 0 else 0.0
+        if fault is Fault.SLOW:
+            return max(1.0, 10 * interval)
+        return interval
+
+    # -------------------------------------------------------------- residency
+
+    async def acquire(
+        self, ex: Exchange, info: ModelInfo, context_length: int, keep_alive: float
+    ) -> float:
+        """Wait until ``info`` is resident for this request; returns seconds waited.
+
+        The caller must call :meth:`release` once done (use try/finally).
+        """
+        started = self.now()
+        ticket = _Ticket()
+        self._residency.enqueue(ticket, Slot(info.name, context_length), keep_alive)
+        self._pump()
+        try:
+            await ex.wait(ticket.d)
+        except BaseException:
+            if ticket.granted:
+                self.release()
+            elif self._residency.withdraw(ticket):
+                self._pump()
+            raise
+        return self.now() - started
+
+    def release(self) -> None:
+        if self._residency.release():
+            self._arm_expiry()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Perform what the residency state machine says until it says nothing.
+
+        Re-entrant calls (a granted request finishing synchronously) return at
+        once: the outer loop asks the state machine again after every action.
+        """
+        if self._pumping or self._closed:
+            return
+        self._pumping = True
+        try:
+            while (step := self._residency.step()) is not None:
+                self._cancel_expiry()
+                if isinstance(step, Grant):
+                    for waiter in step.waiters:
+                        ticket = cast(_Ticket, waiter.token)
+                        ticket.granted = True
+                        ticket.d.callback(None)
+                else:
+                    info = self.catalog.find(step.slot.model)
+                    seconds = info.load_time if info else self.load_time
+                    self._load_call = self.timers.call_later(seconds, self._load_done)
+                    self.changed()
+        finally:
+            self._pumping = False
+
+    def _load_done(self) -> None:
+        self._load_call = None
+        self._residency.finish_load()
+        self.changed()
+        self._pump()
+        self._arm_expiry()
+
+    def _cancel_expiry(self) -> None:
+        self.timers.cancel(self._expiry)
+        self._expiry = None
+        self._expires_at = FOREVER
+
+    def _arm_expiry(self) -> None:
+        if self._closed or not self._residency.idle or self._expiry is not None:
+            return
+        keep_alive = self._residency.keep_alive
+        if keep_alive == 0:
+            self._residency.unload()
+            self.changed()
+            self._pump()
+            return
+        if keep_alive == FOREVER:
+            self._expires_at = FOREVER
+            return
+        self._expires_at = self.now() + keep_alive
+        self._expiry = self.timers.call_later(keep_alive, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._expires_at = FOREVER
+        if self._residency.unload():
+            self.changed()
+            self._pump()
+
+    # -------------------------------------------------------------- exchanges
+
+    def record(self, record: RecordedRequest) -> None:
+        self.requests.append(record)
+        self._trim(self.requests)
+        self.changed()
+
+    def _trim(self, records: list[Any]) -> None:
+        """Bound memory in long benchmarks: drop the oldest records (in batches)."""
+        limit = self.record_limit
+        if limit is not None and len(records) > limit + max(1, limit // 10):
+            del records[: len(records) - limit]
+
+    def begin(self, ex: Exchange) -> None:
+        self._exchanges.add(ex)
+        if ex.inference:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.changed()
+
+    def end(self, ex: Exchange, record: RecordedRequest | None) -> None:
+        self._exchanges.discard(ex)
+        if record is not None:
+            record.status = ex.request.code if ex.started or not ex.gone else None
+            record.finished_at = self.now()
+            record.model = record.model or ex.model
+        if ex.inference:
+            self.in_flight -= 1
+            if ex.completed:
+                self.completed += 1
+            elif ex.gone and not ex.aborted:
+                phase = "streaming" if ex.started else "waiting"
+                self.disconnects.append(Disconnect(ex.method, ex.path, ex.model, self.now(), phase))
+                self._trim(self.disconnects)
+        self.changed()
+
+    # -------------------------------------------------------------- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def resource(self) -> IResource:
+        """The twisted.web resource serving the whole API (mount it anywhere)."""
+        return cast(IResource, self._site.resource)
+
+    def listen(self, endpoint: str = "tcp:0:interface=127.0.0.1") -> Deferred[int]:
+        """Listen on a Twisted server endpoint string; fires with the port number."""
+        return Deferred.fromCoroutine(self._listen(endpoint))
+
+    async def _listen(self, description: str) -> int:
+        if self._closed:
+            raise RuntimeError("the simulator is closed; create a new one")
+        if self._port is not None or self.port is not None:
+            raise RuntimeError("the simulator is already listening")
+        port: IListeningPort = await serverFromString(self.reactor, description).listen(self._site)
+        self._port = port
+        address: Any = port.getHost()
+        self.port = int(getattr(address, "port", 0)) or None
+        kind = type(address).__name__
+        host = str(getattr(address, "host", "127.0.0.1"))
+        if kind == "IPv4Address":
+            self._rebind = TCP4ServerEndpoint(self.reactor, self.port, interface=host)
+            self.host = "127.0.0.1" if host == "0.0.0.0" else host
+        elif kind == "IPv6Address":
+            self._rebind = TCP6ServerEndpoint(self.reactor, self.port, interface=host)
+            self.host = "::1" if host == "::" else host
+        else:
+            self._rebind = serverFromString(self.reactor, description)
+        return self.port or 0
+
+    def sleep(self, seconds: float | None = None) -> Deferred[None]:
+        """Stop listening (connections are refused) and drop open connections.
+
+        With ``seconds``, wake up by itself afterwards. The model stays
+        resident, like a machine suspended to RAM.
+        """
+        return Deferred.fromCoroutine(self._sleep(seconds))
+
+    async def _sleep(self, seconds: float | None) -> None:
+        if self.port is None:
+            raise RuntimeError("the simulator is not listening")
+        self.timers.cancel(self._wake_call)
+        self._wake_call = None
+        port, self._port = self._port, None
+        if port is not None:
+            self._stop(port)
+        self._drop_connections()
+        if seconds is not None:
+            self._wake_call = self.timers.call_later(seconds, self._wake_up)
+        self.changed()
+        stopping = self._stopping
+        if stopping is not None:
+            await stopping
+
+    def _stop(self, port: IListeningPort) -> None:
+        stopping: Deferred[object] = maybeDeferred(port.stopListening)
+        self._stopping = stopping
+
+        def done(result: object) -> object:
+            if self._stopping is stopping:
+                self._stopping = None
+            return result
+
+        stopping.addBoth(done)
+
+    def _wake_up(self) -> None:
+        self._wake_call = None
+        self.wake().addErrback(lambda f: _log.failure("simulator could not wake", f))
+
+    def wake(self) -> Deferred[None]:
+        """Listen again on the same port (no-op when awake)."""
+        return Deferred.fromCoroutine(self._wake())
+
+    async def _wake(self) -> None:
+        self.timers.cancel(self._wake_call)
+        self._wake_call = None
+        stopping = self._stopping
+        if stopping is not None:
+            await stopping
+        if self._port is not None or self._rebind is None or self._closed:
+            return
+        self._port = await self._rebind.listen(self._site)
+        self.changed()
+
+    def _drop_connections(self) -> None:
+        for ex in list(self._exchanges):
+            ex.abort()
+        self._site.drop_connections()
+
+    def close(self) -> Deferred[None]:
+        """Stop listening, cancel every timer, drop every connection; fires when done."""
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        port, self._port = self._port, None
+        if port is not None:
+            self._stop(port)
+        self._drop_connections()
+        self.timers.close()
+        self._load_call = None
+        self._expiry = None
+        self._wake_call = None
+        self._residency.cancel_load()
+        for waiter in list(self._residency.waiting):
+            self._residency.withdraw(waiter.token)
+            cast(_Ticket, waiter.token).d.cancel()
+        self._watchers.cancel_all()
+        pending: list[Deferred[Any]] = self._site.connections_lost()
+        if self._stopping is not None:
+            pending.append(self._stopping)
+        if pending:
+            await DeferredList(pending, consumeErrors=True)
+
+
+__all__ = ["DEFAULT_MODELS", "OllamaSimulator"]
