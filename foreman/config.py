@@ -105,6 +105,13 @@ def _mac(text: str) -> str:
     return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2)).lower()
 
 
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not address:port")
+    return text
+
+
 def _log_format(text: str) -> str:
     if text not in ("text", "json"):
         raise ValueError(f"{text!r} must be 'text' or 'json'")
@@ -249,6 +256,14 @@ SETTINGS: tuple[Setting, ...] = (
         "send Wake-on-LAN to this MAC when work waits and the target is down",
     ),
     Setting(
+        "wol_broadcast",
+        "FOREMAN_WOL_BROADCAST",
+        "wol-broadcast",
+        "255.255.255.255:9",
+        _host_port,
+        "address:port the Wake-on-LAN packet is sent to",
+    ),
+    Setting(
         "log_format",
         "FOREMAN_LOG_FORMAT",
         "log-format",
@@ -304,6 +319,7 @@ class Config:
     max_attempts: int = 3
     job_retention: float = 7 * 86400.0
     wol_mac: str | None = None
+    wol_broadcast: str = "255.255.255.255:9"
     log_format: str = "text"
     max_body: int = 16 * 1024 * 1024
     shutdown_grace: float = 30.0

@@ -39,7 +39,8 @@ CREATE TABLE jobs (
     result          TEXT,
     artifacts       TEXT,
     idempotency_key TEXT UNIQUE,
-    request_hash    TEXT
+    request_hash    TEXT,
+    base_url        TEXT
 ) WITHOUT ROWID;
 CREATE INDEX jobs_by_state ON jobs (state, id);
 CREATE INDEX jobs_by_model ON jobs (model, id);

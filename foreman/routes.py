@@ -13,6 +13,7 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from foreman import jobs_routes
 from foreman.httpjson import BadRequest, json_error, json_response
 
 if TYPE_CHECKING:
@@ -57,11 +58,12 @@ def _register_ops(app: Klein, daemon: Daemon) -> None:
 
     @app.route("/status", methods=["GET"])
     def status(request: Any) -> bytes:
-        return json_response(request, daemon.status())
+        return json_response(request, {**daemon.status(), **daemon.work_status()})
 
 
 def build_app(daemon: Daemon) -> Klein:
     app = Klein()
     _install_error_handlers(app)
     _register_ops(app, daemon)
+    jobs_routes.register(app, daemon)
     return app

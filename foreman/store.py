@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from foreman.migrations import migrate
 __all__ = ["Store", "configure_connection", "open_sync"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Op = Callable[[sqlite3.Connection], Any]
 
 _log = Logger()
@@ -83,15 +84,19 @@ class Store:
             self._pool.close()
             self._pool = None
 
-    def read(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
-        """Run ``fn`` on the connection outside any write transaction."""
-        d: Deferred[T] = self._pool.runWithConnection(lambda c: fn(c._connection))
+    def read(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> Deferred[T]:
+        """Run ``fn(conn, *args)`` on the connection outside any write transaction."""
+        d: Deferred[T] = self._pool.runWithConnection(lambda c: fn(c._connection, *args, **kw))
         return d
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
-        """Run ``fn`` inside the next group-commit transaction."""
+    def write(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> Deferred[T]:
+        """Run ``fn(conn, *args)`` inside the next group-commit transaction."""
         d: Deferred[T] = Deferred()
-        self._pending.append(_Pending(fn, d))
+        self._pending.append(_Pending(lambda c: fn(c, *args, **kw), d))
         if not self._flushing:
             self._flush()
         return d

@@ -1,0 +1,286 @@
+"""The /jobs API through the real daemon against the simulator."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
+
+from foreman.testing import reply_text
+from tests.harness import chat, reactor, start_stack, until
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_job_runs_to_done_with_artifacts(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        response = await stack.post(
+            "/jobs",
+            {"request": chat("llama3.2", "tell me"), "metadata": {"batch": 7}},
+        )
+        assert response.status == 202
+        job = response.json()
+        assert job["id"].startswith("job_")
+        assert job["state"] == "queued"
+        assert job["metadata"] == {"batch": 7}
+        assert response.headers.getRawHeaders(b"location") == [f"/jobs/{job['id']}".encode()]
+
+        done = await stack.wait_job(job["id"])
+        assert done["state"] == "done", done
+        assert done["error"] is None
+        assert done["attempts"] == 0
+        assert done["started_at"] and done["finished_at"]
+        expected = reply_text("llama3.2", "tell me", 8)
+        assert done["result"]["message"]["content"] == expected
+        assert done["result"]["done"] is True
+        assert done["progress"]["tokens"] == 8
+        names = {a["name"]: a for a in done["artifacts"]}
+        assert set(names) == {"request.json", "response.json", "stream.ndjson"}
+        for artifact in done["artifacts"]:
+            assert artifact["url"] == f"{stack.url}/jobs/{job['id']}/artifacts/{artifact['name']}"
+
+        got = await stack.get(f"/jobs/{job['id']}/artifacts/response.json")
+        assert got.status == 200
+        assert got.headers.getRawHeaders(b"content-type") == [b"application/json"]
+        assert got.json() == done["result"]
+        assert len(got.body) == names["response.json"]["size"]
+
+        stream = await stack.get(f"/jobs/{job['id']}/artifacts/stream.ndjson")
+        assert stream.headers.getRawHeaders(b"content-type") == [b"application/x-ndjson"]
+        lines = [json.loads(line) for line in stream.body.splitlines()]
+        assert "".join(c["message"]["content"] for c in lines) == expected
+        assert lines[-1]["done"] is True
+
+        req = await stack.get(f"/jobs/{job['id']}/artifacts/request.json")
+        assert req.json() == chat("llama3.2", "tell me")
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_streaming_job_has_no_stream_artifact(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        job = await stack.submit(
+            {"model": "qwen3", "prompt": "write", "stream": False}, endpoint="/api/generate"
+        )
+        done = await stack.wait_job(job["id"])
+        assert done["state"] == "done"
+        assert {a["name"] for a in done["artifacts"]} == {"request.json", "response.json"}
+        assert done["result"]["response"] == reply_text("qwen3", "write", 8)
+        missing = await stack.get(f"/jobs/{job['id']}/artifacts/stream.ndjson")
+        assert missing.status == 404
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_openai_and_embedding_jobs(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        oa = await stack.submit(
+            {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
+            endpoint="/v1/chat/completions",
+        )
+        emb = await stack.submit(
+            {"model": "nomic-embed-text", "input": ["a", "b"]}, endpoint="/api/embed"
+        )
+        oa_done = await stack.wait_job(oa["id"])
+        emb_done = await stack.wait_job(emb["id"])
+        assert oa_done["state"] == "done", oa_done
+        assert oa_done["result"]["object"] == "chat.completion"
+        assert oa_done["result"]["choices"][0]["message"]["content"] == reply_text(
+            "llama3.2", "hi", 8
+        )
+        assert emb_done["state"] == "done", emb_done
+        assert len(emb_done["result"]["embeddings"]) == 2
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_model_fails_with_the_targets_message(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        job = await stack.submit(chat("no-such-model"))
+        done = await stack.wait_job(job["id"])
+        assert done["state"] == "failed"
+        assert done["error"]["code"] == "target_error"
+        assert "not found" in done["error"]["message"]
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        cases: list[tuple[Any, int, str]] = [
+            (b"{not json", 400, "malformed_json"),
+            ([1, 2], 400, "malformed_json"),
+            ({"request": {"messages": []}}, 400, "missing_field"),
+            ({"request": {"model": ""}}, 400, "missing_field"),
+            ({}, 400, "missing_field"),
+            ({"request": {"model": "m"}, "endpoint": "/api/pull"}, 400, "invalid_endpoint"),
+            ({"request": {"model": "m"}, "priority": "high"}, 400, "invalid_priority"),
+            ({"request": {"model": "m"}, "colour": "blue"}, 400, "unknown_field"),
+            ({"request": {"model": "m"}, "webhook_url": "ftp://x"}, 400, "invalid_webhook_url"),
+        ]
+        for body, status, code in cases:
+            if isinstance(body, bytes):
+                response = await stack.post("/jobs", raw=body)
+            else:
+                response = await stack.post("/jobs", body)
+            assert response.status == status, (body, response.body)
+            assert response.json()["error"]["code"] == code, (body, response.body)
+        too_big = await stack.post(
+            "/jobs", raw=b'{"request": {"model": "m", "x": "' + b"a" * 2048 + b'"}}'
+        )
+        assert too_big.status == 200 or too_big.status == 202  # under the limit
+        listing = (await stack.get("/jobs")).json()
+        assert len(listing["data"]) == 1
+
+        missing = await stack.get("/jobs/job_00000000000000000000000000")
+        assert missing.status == 404
+        assert missing.json()["error"]["code"] == "job_not_found"
+        assert (await stack.get("/jobs/../etc/passwd")).status == 404
+        bad_cursor = await stack.get("/jobs?after=nope")
+        assert bad_cursor.status == 400
+        assert bad_cursor.json()["error"]["code"] == "invalid_cursor"
+        assert (await stack.get("/jobs?limit=0")).status == 400
+        assert (await stack.get("/jobs?state=sleeping")).status == 400
+        assert (await stack.get("/jobs/x?wait=abc")).status == 400
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_body_is_413(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, max_body=1024)
+    try:
+        response = await stack.post("/jobs", raw=b'{"request": {"model": "' + b"m" * 4096 + b'"}}')
+        assert response.status == 413
+        assert response.json()["error"]["code"] == "body_too_large"
+        assert (await stack.get("/jobs")).json()["data"] == []
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idempotency_key(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        body = {"request": chat("llama3.2")}
+        first = await stack.post("/jobs", body, headers={"Idempotency-Key": "k1"})
+        assert first.status == 202
+        again = await stack.post("/jobs", body, headers={"Idempotency-Key": "k1"})
+        assert again.status == 200
+        assert again.json()["id"] == first.json()["id"]
+        other = await stack.post(
+            "/jobs", {"request": chat("qwen3")}, headers={"Idempotency-Key": "k1"}
+        )
+        assert other.status == 409
+        assert other.json()["error"]["code"] == "idempotency_conflict"
+        assert len((await stack.get("/jobs")).json()["data"]) == 1
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_pagination_and_filters(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        await stack.daemon.worker.stop(0)  # keep everything queued
+        ids = []
+        for i in range(7):
+            job = await stack.submit(chat("llama3.2" if i % 2 else "qwen3", f"n{i}"))
+            ids.append(job["id"])
+        seen: list[str] = []
+        after = ""
+        while True:
+            page = (await stack.get(f"/jobs?limit=3{'&after=' + after if after else ''}")).json()
+            seen += [j["id"] for j in page["data"]]
+            if not page["has_more"]:
+                assert page["next_after"] is None
+                break
+            after = page["next_after"]
+        assert seen == list(reversed(ids))
+        qwen = (await stack.get("/jobs?model=qwen3&state=queued")).json()["data"]
+        assert [j["id"] for j in qwen] == [ids[i] for i in (6, 4, 2, 0)]
+        assert (await stack.get("/jobs?state=done")).json()["data"] == []
+        positions = sorted(j["position"] for j in (await stack.get("/jobs")).json()["data"])
+        assert positions == list(range(7))
+        queue = (await stack.get("/queue")).json()
+        assert queue["total"] == 7
+        assert [q["id"] for q in queue["data"]] == [
+            j["id"]
+            for j in sorted((await stack.get("/jobs")).json()["data"], key=lambda j: j["position"])
+        ]
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_queued_and_running_jobs_and_delete(tmp_path: Path) -> None:
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.05)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        running = await stack.submit(chat("llama3.2", options={"num_predict": 400}))
+        queued = await stack.submit(chat("llama3.2"))
+        await until(lambda: stack.daemon.runner.phase == "working")
+        await until(lambda: stack.daemon.runner.tokens > 2)
+
+        refused = await stack.request("DELETE", f"/jobs/{queued['id']}")
+        assert refused.status == 409
+        assert refused.json()["error"]["code"] == "job_active"
+        cancelled = await stack.post(f"/jobs/{queued['id']}/cancel")
+        assert cancelled.status == 200
+        assert cancelled.json()["state"] == "cancelled"
+
+        disconnects = len(sim.disconnects)
+        stopped = await stack.post(f"/jobs/{running['id']}/cancel")
+        assert stopped.status == 200
+        assert stopped.json()["state"] == "cancelled"
+        await sim.wait_for(lambda: len(sim.disconnects) > disconnects, timeout=5)
+        await until(lambda: stack.daemon.worker.state == "idle")
+
+        again = await stack.post(f"/jobs/{running['id']}/cancel")
+        assert again.status == 409
+        assert (await stack.post("/jobs/job_00000000000000000000000000/cancel")).status == 404
+
+        after = await stack.submit(chat("llama3.2"))
+        done = await stack.wait_job(after["id"])
+        assert done["state"] == "done"
+        deleted = await stack.request("DELETE", f"/jobs/{after['id']}")
+        assert deleted.status == 200
+        assert (await stack.get(f"/jobs/{after['id']}")).status == 404
+        assert not (stack.daemon.config.artifacts_dir / after["id"]).exists()
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_returns_on_state_change(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        await stack.daemon.worker.stop(0)
+        job = await stack.submit(chat("llama3.2"))
+        quick = await stack.get(f"/jobs/{job['id']}?wait=0.2")
+        assert quick.json()["state"] == "queued"
+        started = time.monotonic()
+        poll = ensureDeferred(stack.get(f"/jobs/{job['id']}?wait=10"))
+        await deferLater(reactor, 0.3, lambda: None)
+        assert not poll.called
+        await stack.post(f"/jobs/{job['id']}/cancel")
+        polled = await poll
+        assert polled.json()["state"] == "cancelled"
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        await stack.stop()
