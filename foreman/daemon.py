@@ -23,6 +23,7 @@ from foreman.admission import Admission
 from foreman.auth import TokenCheck
 from foreman.config import Config
 from foreman.monitor import TargetMonitor
+from foreman.observe import install as install_observers
 from foreman.proxy import ProxyResource
 from foreman.routes import build_app
 from foreman.site import ForemanSite
@@ -67,6 +68,7 @@ class Daemon:
     runner: Any = None
     worker: Any = None
     delivery: Any = None
+    metrics: Any = None
 
     @classmethod
     async def start(cls, config: Config, reactor: Any | None = None) -> Daemon:
@@ -118,6 +120,7 @@ class Daemon:
             parsePOSTFormSubmission=False,
         )
         await self._start_work()
+        self.metrics = install_observers(self)
         endpoint = serverFromString(self.reactor, self.config.listen)
         self.port = await endpoint.listen(self.site)
         self.accepting = True

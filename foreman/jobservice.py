@@ -92,6 +92,7 @@ class JobService:
         self.max_attempts = max_attempts
         self._check_webhook = check_webhook
         self.outbox_listeners: list[Callable[[], None]] = []
+        self.transition_listeners: list[Callable[[JobRow, sql.Event], None]] = []
         self.loaded: Callable[[], str | None] = lambda: None
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
 
@@ -198,10 +199,12 @@ class JobService:
     def _published(self, row: JobRow, event: sql.Event | None) -> None:
         if event is None:
             return
+        for on_transition in self.transition_listeners:
+            on_transition(row, event)
         self.hub.publish(row.id, event)
         if row.webhook_url:
-            for listener in self.outbox_listeners:
-                listener()
+            for poke in self.outbox_listeners:
+                poke()
 
     def requeue(self, row: JobRow) -> None:
         self.queue.add_job(row.id, row.model, row.priority, row.created_at, row.not_before)

@@ -358,6 +358,7 @@ class _Exchange(Protocol):
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         out: Headers = request.responseHeaders
+        out.removeHeader(b"server")  # the target's headers, not twisted.web's
         streaming = response.length is UNKNOWN_LENGTH
         for name, values in response.headers.getAllRawHeaders():
             lowered = name.lower()

@@ -15,6 +15,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from foreman import jobs_routes
 from foreman.httpjson import BadRequest, json_error, json_response
+from foreman.metrics import CONTENT_TYPE
+from foreman.openapi import openapi_document
 
 if TYPE_CHECKING:
     from foreman.daemon import Daemon
@@ -55,6 +57,17 @@ def _register_ops(app: Klein, daemon: Daemon) -> None:
         ready = daemon.accepting
         body = {"ready": ready, "target": daemon.target_state()}
         return json_response(request, body, 200 if ready else 503)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        body: bytes = daemon.metrics.render()
+        return body
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(request: Any) -> bytes:
+        base = daemon.config.public_url or jobs_routes.request_base_url(request)
+        return json_response(request, openapi_document(base))
 
     @app.route("/status", methods=["GET"])
     def status(request: Any) -> bytes:

@@ -125,6 +125,7 @@ class JobRunner:
         self._on_unreachable = on_unreachable
         self._idle_timeout = idle_timeout
         self._call: TargetCall | None = None
+        self.on_load: Callable[[str, float], None] | None = None
         self.job_id: str | None = None
         self.phase: str | None = None
         self.tokens = 0
@@ -185,7 +186,10 @@ class JobRunner:
         if preload is None or await self._resident(row.model):
             return
         path, body = preload
+        started = time.monotonic()
         await self._target(path, body, lambda data: None)
+        if self.on_load is not None:
+            self.on_load(row.model, time.monotonic() - started)
 
     async def _resident(self, model: str) -> bool:
         chunks: list[bytes] = []

@@ -9,6 +9,8 @@ keeps the proxy's hot path short.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.http import HTTPChannel
@@ -17,6 +19,7 @@ from twisted.web.server import Request, Site
 
 from foreman.auth import TokenCheck
 from foreman.errors import error_body, family_of, own_route
+from foreman.routeclass import classify
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
 
@@ -31,10 +34,38 @@ class _NoDelayChannel(HTTPChannel):
 
 
 class ForemanRequest(Request):
-    """A request that stops buffering a body beyond the configured limit."""
+    """A request that stops buffering a body beyond the configured limit.
+
+    It also reports itself once, when it ends (finished or abandoned by the
+    client), for the access log and the request metrics.
+    """
 
     too_large: bool = False
     _received: int = 0
+    route_class: str = "other"
+    _reported: bool = False
+    started: float = 0.0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.started = time.monotonic()
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        super().finish()  # type: ignore[no-untyped-call]
+        self._report(self.code)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if not self._reported:
+            self._report(499)  # the client went away first (nginx's convention)
+
+    def _report(self, status: int) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        report = getattr(getattr(self, "site", None), "report", None)
+        if report is not None:
+            report(self, status)
 
     def gotLength(self, length: int | None) -> None:
         limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
@@ -98,6 +129,7 @@ class ForemanSite(Site):
         self.proxy = proxy
         self.tokens = tokens
         self.max_body = max_body
+        self.report: Callable[[Any, int], None] | None = None
 
     def log(self, request: Any) -> None:
         """Access lines come from foreman's own request logging instead."""
@@ -108,6 +140,8 @@ class ForemanSite(Site):
         request.sitepath = []
         request.prepath = []
         request.postpath = path.split(b"/")[1:]
+        own = own_route(path)
+        request.route_class = "foreman" if own else classify(request.method, path).value
         if request.too_large:
             return ErrorResource(
                 413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
@@ -119,4 +153,4 @@ class ForemanSite(Site):
                 "missing or wrong Bearer token",
                 {b"www-authenticate": b'Bearer realm="foreman"'},
             )
-        return self.own if own_route(path) else self.proxy
+        return self.own if own else self.proxy

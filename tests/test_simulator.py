@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.server import Site
 
 from foreman.testing import (
     Fault,
@@ -263,9 +266,6 @@ async def test_embeddings_native_and_openai_base64(http: Any) -> None:
             {"model": "nomic-embed-text", "input": "a", "encoding_format": "base64"},
         )
         assert code == 200 and oai["object"] == "list" and oai["usage"]["prompt_tokens"] == 1
-        import base64
-        import struct
-
         raw = base64.b64decode(oai["data"][0]["embedding"])
         assert list(struct.unpack(f"<{len(raw) // 4}f", raw)) == body["embeddings"][0]
 
@@ -657,7 +657,6 @@ async def test_close_aborts_open_streams_and_mounted_resource(http: Any) -> None
     with pytest.raises(ResponseFailed):
         await reading
     assert sim.disconnects == [] and sim.closed
-    from twisted.web.server import Site
 
     other = OllamaSimulator(load_time=0.0, token_rate=0.0)
     port = reactor.listenTCP(0, Site(other.resource()), interface="127.0.0.1")

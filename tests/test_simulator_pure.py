@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.testing import Fault, ModelSpec, embedding_vector, reply_text, reply_tokens
+from foreman.testing import (
+    Fault,
+    ModelSpec,
+    OllamaSimulator,
+    RecordedRequest,
+    embedding_vector,
+    make_simulator,
+    reply_text,
+    reply_tokens,
+)
+from foreman.testing.__main__ import parse_args
 from foreman.testing._content import VOCABULARY, make_plan, split_tokens, value_for_schema
 from foreman.testing._content import embedding_base64 as b64
 from foreman.testing._faults import FaultBook
@@ -225,8 +235,6 @@ def test_plans() -> None:
 
 
 def test_record_limit_keeps_the_newest() -> None:
-    from foreman.testing import OllamaSimulator, RecordedRequest
-
     sim = OllamaSimulator(record_limit=5)
     for n in range(20):
         sim.record(RecordedRequest("GET", f"/{n}", "", {}, b"", None, float(n)))
@@ -234,9 +242,6 @@ def test_record_limit_keeps_the_newest() -> None:
 
 
 def test_make_simulator_and_command_line() -> None:
-    from foreman.testing import make_simulator
-    from foreman.testing.__main__ import parse_args
-
     sim = make_simulator()
     assert sim.token_rate == 20.0 and sim.load_time == 0.5
     assert sorted(sim.catalog.models) == [
