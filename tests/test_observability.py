@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ollama
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 
 from foreman.logs import make_observer
 from tests.harness import chat, start_stack
@@ -95,7 +95,8 @@ async def test_openapi_document_lists_own_routes(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_access_and_job_lines_are_logged(tmp_path: Path) -> None:
     events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     stack = await start_stack(tmp_path)
     try:
         job = await stack.submit(chat("llama3.2"))
@@ -112,7 +113,7 @@ async def test_access_and_job_lines_are_logged(tmp_path: Path) -> None:
             (job["id"], "done"),
         ]
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
         await stack.stop()
 
 
