@@ -81,9 +81,6 @@ async def test_client_leaving_while_queued_leaves_the_queue(tmp_path: Path) -> N
         assert (await stack.get("/queue")).json()["total"] == 0
         await stack.wait_job(job["id"])
         await deferLater(reactor, 0.2, lambda: None)
-        assert not any(
-            r.json and r.json.get("messages", [{}])[-1:] and r.model == "qwen3"
-            for r in sim.requests
-        )
+        assert all(r.model != "qwen3" for r in sim.requests)  # it never reached the target
     finally:
         await stack.stop()

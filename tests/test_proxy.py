@@ -151,7 +151,14 @@ async def test_non_streaming_chat_keeps_length_and_reports_queue_wait(tmp_path: 
         assert reply["done"] is True and reply["message"]["role"] == "assistant"
         assert head[b"content-length"] == str(len(body)).encode()
         assert b"x-accel-buffering" not in head
+        assert b"server" not in head  # the target's headers, not twisted.web's
         assert int(head[b"x-foreman-queue-wait-ms"]) >= 0
+
+        # metadata: HEAD gets the GET's length and no body
+        _, get_head, tags = await raw_request(daemon.url, "GET", "/api/tags")
+        status, head, body = await raw_request(daemon.url, "HEAD", "/api/tags")
+        assert (status, body) == (200, b"")
+        assert head[b"content-length"] == get_head[b"content-length"] == str(len(tags)).encode()
 
 
 @pytest_twisted.ensureDeferred
