@@ -146,3 +146,44 @@ async def test_webhook_pending_at_sigkill_is_delivered_after_restart(tmp_path: P
         await pool.closeCachedConnections()
         await receiver.close()
         await sim.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_lets_the_running_job_finish_or_requeues_it(tmp_path: Path) -> None:
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.05)
+    await sim.listen("tcp:0:interface=127.0.0.1")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    data = tmp_path / "data"
+    proc: DaemonProcess | None = None
+    try:
+        # a grace period long enough: the running job finishes, then the process exits 0
+        env = {"FOREMAN_TARGET_URL": sim.url, "FOREMAN_SHUTDOWN_GRACE": "20"}
+        proc = spawn(data, env=env)
+        url = await wait_ready_async(proc)
+        short = await _json(
+            pool, "POST", url + "/jobs", {"request": chat("llama3.2", options={"num_predict": 10})}
+        )
+        await sim.wait_for(lambda: sim.in_flight > 0, timeout=10)
+        proc.signal(15)
+        await until(lambda: proc is not None and proc.popen.poll() is not None, timeout=20)
+        assert proc.popen.returncode == 0
+        assert dict((r[0], r[1]) for r in _rows(data / "foreman.sqlite3"))[short["id"]] == "done"
+
+        # a grace period too short: the job goes back to the queue, no attempt used
+        env["FOREMAN_SHUTDOWN_GRACE"] = "0.3"
+        proc = spawn(data, env=env)
+        url = await wait_ready_async(proc)
+        long = await _json(
+            pool, "POST", url + "/jobs", {"request": chat("llama3.2", options={"num_predict": 400})}
+        )
+        await sim.wait_for(lambda: sim.in_flight > 0, timeout=10)
+        proc.signal(15)
+        await until(lambda: proc is not None and proc.popen.poll() is not None, timeout=20)
+        assert proc.popen.returncode == 0
+        row = {r[0]: r for r in _rows(data / "foreman.sqlite3")}[long["id"]]
+        assert row[1:] == ("queued", 0)
+    finally:
+        if proc is not None:
+            proc.kill()
+        await pool.closeCachedConnections()
+        await sim.close()

@@ -284,3 +284,26 @@ async def test_long_poll_returns_on_state_change(tmp_path: Path) -> None:
         assert 0.3 <= time.monotonic() - started < 5
     finally:
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_deletes_finished_jobs_and_artifacts(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, job_retention=0.5)
+    try:
+        await stack.daemon.worker.stop(0)
+        waiting = await stack.submit(chat("llama3.2", "stays"))
+        stack.daemon.worker.start()
+        await stack.wait_job(waiting["id"])
+        await stack.daemon.worker.stop(0)
+        queued = await stack.submit(chat("llama3.2", "queued"))
+        folder = stack.daemon.config.artifacts_dir / waiting["id"]
+        assert folder.exists()
+        await deferLater(reactor, 0.6, lambda: None)
+        deleted = await stack.daemon.jobs.purge(stack.daemon.config.job_retention)
+        assert deleted == 1
+        assert (await stack.get(f"/jobs/{waiting['id']}")).status == 404
+        assert not folder.exists()
+        # unfinished jobs are never purged, however old
+        assert (await stack.get(f"/jobs/{queued['id']}")).json()["state"] == "queued"
+    finally:
+        await stack.stop()
