@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import treq
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 
 from foreman import jobstate
 from foreman.artifacts import ArtifactStore
@@ -194,7 +195,12 @@ class JobRunner:
     async def _resident(self, model: str) -> bool:
         chunks: list[bytes] = []
         try:
-            response = await self._upstream.agent.request(b"GET", self._upstream.url(b"/api/ps"))
+            headers = Headers({b"User-Agent": [b"foreman-worker"]})
+            if self._token:
+                headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
+            response = await self._upstream.agent.request(
+                b"GET", self._upstream.url(b"/api/ps"), headers
+            )
             body = await treq.content(response)
             if response.code != 200:
                 return False

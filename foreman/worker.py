@@ -104,7 +104,8 @@ class Worker:
             return
         self.state = "waiting_for_target"
         while self._monitor.state != "up" and not self._stopping:
-            self._send_wake()
+            if self._monitor.state == "down":  # not while the first probe is out
+                self._send_wake()
             self._monitor.poke()
             up = self._monitor.when_up()
             timer = self._reactor.callLater(self._wake_interval, up.cancel)

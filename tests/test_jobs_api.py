@@ -307,3 +307,34 @@ async def test_retention_deletes_finished_jobs_and_artifacts(tmp_path: Path) -> 
         assert (await stack.get(f"/jobs/{queued['id']}")).json()["state"] == "queued"
     finally:
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tokens_on_both_sides(tmp_path: Path) -> None:
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=200.0, required_token="target-secret")
+    stack = await start_stack(
+        tmp_path, sim=sim, target_token="target-secret", api_tokens=("client-a", "client-b")
+    )
+    try:
+        body = {"request": chat("llama3.2")}
+        refused = await stack.post("/jobs", body)
+        assert refused.status == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        wrong = await stack.post("/jobs", body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+        ok = await stack.post("/jobs", body, headers={"Authorization": "Bearer client-b"})
+        assert ok.status == 202
+        job_id = ok.json()["id"]
+        auth = {"Authorization": "Bearer client-a"}
+        while (shown := (await stack.get(f"/jobs/{job_id}?wait=5", headers=auth)).json())[
+            "state"
+        ] not in ("done", "failed"):
+            pass
+        assert shown["state"] == "done", shown
+        assert (await stack.get("/healthz")).status == 200  # open for probes
+        seen = {r.authorization for r in sim.requests}
+        assert seen == {"Bearer target-secret"}
+    finally:
+        await stack.stop()
