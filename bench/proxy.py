@@ -78,6 +78,38 @@ def serve_simulator() -> None:
     r.run()
 
 
+def serve_foreman(target: str, data_dir: str) -> None:
+    """Run foreman in-process (as twistd would, logging included) with ImmediateAdmission.
+
+    The twistd row measures the whole product; this row isolates the proxy
+    from the queue and the worker behind the admission point.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.logger import globalLogBeginner
+
+    from foreman.admission import ImmediateAdmission
+    from foreman.config import Config, check_data_dir
+    from foreman.daemon import Daemon
+    from foreman.logs import make_observer
+    from foreman.store import open_sync
+
+    config = Config(listen="tcp:0:interface=127.0.0.1", target_url=target, data_dir=Path(data_dir))
+    check_data_dir(config)
+    open_sync(config.db_path).close()
+    globalLogBeginner.beginLoggingTo([make_observer("text", ())], redirectStandardIO=False)
+
+    async def start() -> None:
+        daemon = await Daemon.start(config, reactor)
+        assert daemon.proxy is not None
+        daemon.proxy.admission = ImmediateAdmission()
+        print(f"READY {daemon.url}", flush=True)
+
+    ensureDeferred(start())
+    r: Any = reactor
+    r.run()
+
+
 def have_simulator() -> bool:
     try:
         from foreman.testing import OllamaSimulator  # noqa: F401
@@ -161,12 +193,18 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=300)
     parser.add_argument("--serve-stock", metavar="TARGET_URL", help=argparse.SUPPRESS)
     parser.add_argument("--serve-simulator", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-foreman", nargs=2, metavar=("TARGET", "DIR"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve_stock:
         serve_stock(args.serve_stock)
         return
     if args.serve_simulator:
         serve_simulator()
+        return
+    if args.serve_foreman:
+        serve_foreman(*args.serve_foreman)
         return
 
     started = time.monotonic()
@@ -179,11 +217,18 @@ def main() -> None:
         servers.append(fast)
         foreman = start_foreman("foreman", fast.url, workdir)
         servers.append(foreman)
+        bare = spawn_ready(
+            "foreman-proxy-only",
+            [PY, str(HERE), "--serve-foreman", fast.url, str(workdir / "bare-data")],
+            workdir,
+        )
+        servers.append(bare)
         stock = spawn_ready("stock", [PY, str(HERE), "--serve-stock", fast.url], workdir)
         servers.append(stock)
         urls = {
             "direct (fast upstream)": fast.url,
             "foreman → fast upstream": foreman.url,
+            "foreman, proxy only (no queue/worker) → fast upstream": bare.url,
             "stock ReverseProxyResource → fast upstream": stock.url,
         }
         sim_urls: dict[str, str] = {}

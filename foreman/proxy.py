@@ -4,7 +4,8 @@ One ``_Exchange`` object carries one client request through its life:
 admission (inference only) → upstream request → upstream response headers →
 body relayed chunk by chunk → done. It is also the body protocol given to
 ``response.deliverBody``, so the hot path allocates little and chains no
-Deferreds beyond what Agent itself uses.
+Deferreds beyond what the HTTP/1.1 client protocol itself uses
+(``Upstream.relay`` explains the request side).
 
 Backpressure: the upstream transport is registered as a streaming producer
 on the client's request, so a slow client pauses the reads from the target
@@ -25,8 +26,12 @@ from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupErro
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import ResponseDone, ResponseNeverReceived
-from twisted.web.client import FileBodyProducer, RequestTransmissionFailed
+from twisted.web.client import (
+    FileBodyProducer,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
