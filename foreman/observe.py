@@ -32,13 +32,16 @@ def _request_line(metrics: Metrics) -> Any:
         started = getattr(request, "started", None)
         duration = (time.monotonic() - started) * 1000.0 if started else 0.0
         wait = request.responseHeaders.getRawHeaders(b"x-foreman-queue-wait-ms")
+        model = request.model
         _access.info(
-            "{method} {path} {status} {duration_ms:.1f}ms {route}{wait_text}",
+            "{method} {path} {status} {duration_ms:.1f}ms {route}{model_text}{wait_text}",
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1"),
             status=status,
             duration_ms=duration,
             route=route,
+            model=model,
+            model_text=f" model={model}" if model else "",
             queue_wait_ms=float(wait[0]) if wait else None,
             wait_text=f" waited {wait[0].decode()}ms" if wait else "",
         )

@@ -180,6 +180,7 @@ class ProxyResource(Resource):
         if not isinstance(model, str) or not model:
             _json_error(request, 400, "missing_model", "model is required")
             return NOT_DONE_YET
+        request.model = model  # for the access log line
         priority = _DEFAULT_PRIORITY
         header = request.requestHeaders.getRawHeaders(b"x-foreman-priority")
         if header:

@@ -43,6 +43,7 @@ class ForemanRequest(Request):
     too_large: bool = False
     _received: int = 0
     route_class: str = "other"
+    model: str | None = None
     _reported: bool = False
     started: float = 0.0
 

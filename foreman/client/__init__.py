@@ -1,0 +1,70 @@
+"""foreman's client library: the job API as typed values and exceptions.
+
+* :class:`AsyncForemanClient` — Twisted (and asyncio, through Twisted's asyncio
+  reactor): every call returns a Deferred.
+* :class:`ForemanClient` — the same calls, blocking, for programs without a
+  reactor; the reactor runs in a shared background thread.
+
+See ``docs/client.md``.
+"""
+
+from __future__ import annotations
+
+from foreman.client._async import AsyncForemanClient
+from foreman.client._blocking import BlockingIterator, ForemanClient
+from foreman.client._errors import (
+    ArtifactNotFound,
+    BadRequest,
+    Conflict,
+    ForemanConnectionError,
+    ForemanError,
+    IdempotencyConflict,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    NotFound,
+    PayloadTooLarge,
+    PullFailed,
+    QueueFull,
+    ReactorThreadError,
+    ServiceUnavailable,
+    Unauthorized,
+    WaitTimeout,
+)
+from foreman.client._models import Artifact, Job, JobError, JobEvent, JobPage, JobState
+from foreman.client._retry import RetryPolicy
+from foreman.client._streams import AsyncioIterator, EventStream, JobIterator, PullStream
+
+__all__ = [
+    "Artifact",
+    "ArtifactNotFound",
+    "AsyncForemanClient",
+    "AsyncioIterator",
+    "BadRequest",
+    "BlockingIterator",
+    "Conflict",
+    "EventStream",
+    "ForemanClient",
+    "ForemanConnectionError",
+    "ForemanError",
+    "IdempotencyConflict",
+    "Job",
+    "JobCancelled",
+    "JobError",
+    "JobEvent",
+    "JobFailed",
+    "JobIterator",
+    "JobNotFound",
+    "JobPage",
+    "JobState",
+    "NotFound",
+    "PayloadTooLarge",
+    "PullFailed",
+    "PullStream",
+    "QueueFull",
+    "ReactorThreadError",
+    "RetryPolicy",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "WaitTimeout",
+]

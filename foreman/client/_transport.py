@@ -1,0 +1,266 @@
+"""HTTP to foreman on treq: one exchange, bounded in time; retries of safe calls; bodies.
+
+Bodies are read with a small protocol of our own rather than ``treq.content``
+so that reading can be cancelled (a timeout or ``close()`` drops the
+connection instead of leaving it half-read) and so that streams (SSE, NDJSON)
+are delivered chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+from urllib.parse import quote
+
+from attrs import frozen
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from foreman.client._errors import ForemanConnectionError, ForemanError, error_from_reply
+from foreman.client._retry import RetryPolicy, is_transient
+
+__all__ = ["BodyPump", "Reply", "Transport", "headers_of", "job_path", "read_body"]
+
+USER_AGENT = "foreman-client/0.1"
+_Headers = dict[bytes | str, list[bytes | str]]
+
+
+def job_path(job_id: str, *rest: str) -> str:
+    """``/jobs/{id}/…`` with every segment percent-encoded (ids come from users)."""
+    parts = [quote(job_id, safe=""), *(quote(r, safe="") for r in rest)]
+    return "/jobs/" + "/".join(parts)
+
+
+@frozen
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names, last value
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def headers_of(response: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, values in response.headers.getAllRawHeaders():
+        out[name.decode("latin-1").lower()] = values[-1].decode("latin-1")
+    return out
+
+
+class BodyPump(Protocol):
+    """Hands a response body to ``on_data`` as it arrives; ``finished`` fires at its end.
+
+    ``finished`` fires with True for a complete body and False for one cut
+    short (connection lost), and never errbacks; ``stop()`` drops the
+    connection. With ``idle_timeout``, a body silent that long is dropped
+    (cut short), so a dead connection is noticed.
+    """
+
+    def __init__(
+        self,
+        on_data: Callable[[bytes], None],
+        reactor: Any,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self._on_data = on_data
+        self._reactor = reactor
+        self._idle_timeout = idle_timeout
+        self._idle: Any = None
+        self.finished: Deferred[bool] = Deferred()
+        self.reason: Failure | None = None
+        self._lost: list[Deferred[None]] = []
+
+    def when_lost(self) -> Deferred[None]:
+        """Fires once the connection is gone (at once if it already is)."""
+        d: Deferred[None] = Deferred()
+        if self.finished.called:
+            d.callback(None)
+        else:
+            self._lost.append(d)
+        return d
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._idle_timeout is None:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._reactor.callLater(self._idle_timeout, self.stop)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm()
+        try:
+            self._on_data(data)
+        except Exception:
+            self.reason = Failure()
+            self.stop()
+
+    def stop(self) -> None:
+        if self.transport is not None and not self.finished.called:
+            cast(Any, self.transport).stopProducing()  # a TransportProxyProducer
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        complete = reason.check(ResponseDone, PotentialDataLoss) is not None
+        if not complete and self.reason is None:
+            self.reason = reason
+        if not self.finished.called:
+            self.finished.callback(complete)
+        waiters, self._lost = self._lost, []
+        for d in waiters:
+            d.callback(None)
+
+
+async def read_body(response: Any, reactor: Any) -> bytes:
+    """The whole body; raises ForemanConnectionError if the connection is cut."""
+    chunks: list[bytes] = []
+    pump = BodyPump(chunks.append, reactor)
+    response.deliverBody(pump)
+    d: Deferred[bool] = Deferred(lambda _: pump.stop())
+    pump.finished.chainDeferred(d)
+    if not await d:
+        raise ForemanConnectionError(f"connection lost while reading the reply: {pump.reason}")
+    return b"".join(chunks)
+
+
+class Transport:
+    """Requests to one foreman base URL with a token, a timeout and a retry policy."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        reactor: Any,
+        pool: HTTPConnectionPool,
+        timeout: float,
+        retry: RetryPolicy,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.reactor = reactor
+        self.timeout = timeout
+        self.retry = retry
+        self._http = HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> _Headers:
+        out: _Headers = {
+            "User-Agent": [USER_AGENT],
+            "Accept": ["application/json"],
+        }
+        if self.token:
+            out["Authorization"] = [f"Bearer {self.token}"]
+        for name, value in (extra or {}).items():
+            out[name] = [value]
+        return out
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request and return the response once its headers are in (body unread)."""
+        extra = dict(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            extra.setdefault("Content-Type", "application/json")
+        d = self._http.request(
+            method,
+            self.base_url + path,
+            params=dict(params) if params else None,
+            headers=self.headers(extra),
+            data=data,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self.reactor,
+            timeout=timeout or self.timeout,
+        )
+        return await d
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float,
+    ) -> Reply:
+        response = await self.open(
+            method, path, params=params, body=body, headers=headers, timeout=timeout
+        )
+        content = await read_body(response, self.reactor)
+        return Reply(response.code, headers_of(response), content)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        retry: bool = True,
+    ) -> Reply:
+        """One request with its reply read whole; an HTTP error is raised as a ForemanError.
+
+        With ``retry`` (calls that are safe to repeat), transient failures are
+        tried again with backoff; otherwise they are raised at once.
+        """
+        limit = timeout or self.timeout
+        attempts = self.retry.attempts if retry else 1
+        failure: BaseException | None = None
+        for attempt in range(attempts):
+            if attempt:
+                await deferLater(self.reactor, self.retry.delay(attempt), lambda: None)
+            exchange = Deferred.fromCoroutine(
+                self._exchange(method, path, params, body, headers, limit)
+            )
+            exchange.addTimeout(limit, self.reactor)
+            try:
+                reply = await exchange
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                failure = e
+                continue
+            if reply.status < 400:
+                return reply
+            error = error_from_reply(reply.status, reply.body, reply.headers)
+            error.attempt = attempt + 1
+            if not is_transient(error) or attempt + 1 == attempts:
+                raise error
+            failure = error
+        if isinstance(failure, ForemanError):
+            raise failure
+        raise ForemanConnectionError(
+            f"{method} {self.base_url}{path} failed after {attempts} attempt(s): "
+            f"{_describe(failure)}"
+        )
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    reasons = getattr(exc, "reasons", None)  # ResponseFailed & co wrap Failures
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,440 @@
+"""The ``foreman`` command: submit and follow jobs, fetch artifacts, pull models.
+
+Exit status: 0 success; 1 the job failed or was cancelled (or did not finish
+in ``--timeout``), or a pull failed; 2 usage, connection or HTTP errors
+(401, 404, 409 …). Progress goes to stderr — one updating line on a
+terminal, plain lines otherwise — so stdout stays clean for results and
+``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from foreman.client._blocking import ForemanClient
+from foreman.client._errors import ForemanError, JobCancelled, JobFailed, PullFailed
+from foreman.client._models import Job, JobState
+from foreman.client._render import (
+    answer_text,
+    build_request,
+    job_line,
+    job_summary,
+    job_table,
+    pull_bar,
+    pull_line,
+)
+
+__all__ = ["main", "run"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_OK, EXIT_JOB, EXIT_ERROR = 0, 1, 2
+_STATES = [s.value for s in JobState]
+
+
+class Live:
+    """Progress on stderr: a line rewritten in place on a terminal, plain lines otherwise.
+
+    Off a terminal, every ``important`` line (a state change) is printed and
+    progress lines at most once per ``interval`` seconds, so logs stay short.
+    """
+
+    def __init__(self, stream: TextIO, tty: bool | None = None, interval: float = 1.0) -> None:
+        self._stream = stream
+        self._tty = stream.isatty() if tty is None else tty
+        self._interval = interval
+        self._last = 0.0
+        self._open = False  # a TTY line not yet ended with a newline
+        self._printed = ""
+
+    @property
+    def tty(self) -> bool:
+        return self._tty
+
+    def show(self, line: str, *, important: bool = False) -> None:
+        if self._tty:
+            width = shutil.get_terminal_size((100, 24)).columns - 1
+            self._stream.write("\r" + line[:width] + "\x1b[K")
+            self._open = True
+        else:
+            now = time.monotonic()
+            if not important and now - self._last < self._interval:
+                return
+            self._last = now
+            self._write_line(line)
+        self._stream.flush()
+
+    def _write_line(self, line: str) -> None:
+        if line != self._printed:  # a final line may repeat the last event's
+            self._stream.write(line + "\n")
+            self._printed = line
+
+    def done(self, line: str | None = None) -> None:
+        """End the live line (printing ``line`` as its final form, if given)."""
+        if line is not None:
+            if self._tty:
+                self.show(line)
+            else:
+                self._write_line(line)
+        if self._open:
+            self._stream.write("\n")
+            self._open = False
+        self._stream.flush()
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+        self.args = args
+        self.stdout = stdout
+        self.stderr = stderr
+        self.client = ForemanClient(args.url, args.token)
+
+    def print(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def print_json(self, value: Any) -> None:
+        self.print(json.dumps(value, indent=2))
+
+    def show_job(self, job: Job) -> None:
+        if self.args.json:
+            self.print_json(job.raw)
+        else:
+            self.print(job_summary(job))
+
+    def follow(self, job_id: str, timeout: float | None) -> Job:
+        """Show the job's state and token count live until it ends; return the final job."""
+        live = Live(self.stderr)
+        start = time.monotonic()
+        state, tokens = "", None
+        stream = self.client.events(job_id)
+        timer = threading.Timer(timeout, stream.close) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            with stream:
+                for event in stream:
+                    if event.job is not None:
+                        state = event.job.state.value
+                    tokens = event.tokens if event.tokens is not None else tokens
+                    elapsed = time.monotonic() - start
+                    live.show(
+                        job_line(job_id, state, tokens, elapsed), important=event.job is not None
+                    )
+        finally:
+            if timer is not None:
+                timer.cancel()
+        job = self.client.get(job_id)
+        live.done(job_line(job.id, job.state.value, job.tokens, time.monotonic() - start))
+        if not job.terminal:
+            raise _NotFinished(f"job {job.id} still {job.state.value} after {timeout:g} s")
+        return job
+
+
+class _NotFinished(Exception):
+    pass
+
+
+# -- commands
+
+
+def cmd_submit(cli: Cli) -> int:
+    args = cli.args
+    body = _create_body(args)
+    job = cli.client.submit(
+        body["request"],
+        endpoint=body.get("endpoint", "/api/chat"),
+        webhook_url=body.get("webhook_url"),
+        priority=body.get("priority", 0),
+        metadata=body.get("metadata"),
+        idempotency_key=args.idempotency_key,
+    )
+    if not args.wait:
+        if args.json:
+            cli.print_json(job.raw)
+        else:
+            cli.print(job.id)
+        return EXIT_OK
+    final = cli.follow(job.id, args.timeout)
+    if final.state is not JobState.DONE:
+        return _job_ended(cli, final)
+    result = cli.client.result(final)
+    if args.json:
+        cli.print_json({**final.raw, "result": result})
+        return EXIT_OK
+    text = answer_text(result)
+    cli.print(text if text is not None else json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _create_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.file is not None:
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            loaded = json.loads(raw)
+        except ValueError as e:
+            raise _Usage(f"{args.file}: not valid JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise _Usage(f"{args.file}: expected a JSON object")
+        if isinstance(loaded.get("request"), dict) and "model" not in loaded:
+            body = loaded  # a whole POST /jobs body
+        else:
+            body = {"request": loaded}
+    endpoint = args.endpoint or body.get("endpoint") or "/api/chat"
+    body["endpoint"] = endpoint
+    if args.prompt is not None:
+        model = args.model or (body.get("request") or {}).get("model")
+        if not model:
+            raise _Usage("--prompt needs --model (or a request file naming the model)")
+        body["request"] = {
+            **(body.get("request") or {}),
+            **build_request(endpoint, model, args.prompt),
+        }
+    elif args.model is not None and "request" in body:
+        body["request"] = {**body["request"], "model": args.model}
+    if "request" not in body:
+        raise _Usage("give a request file (or - for stdin), or --model and --prompt")
+    if args.webhook is not None:
+        body["webhook_url"] = args.webhook
+    if args.priority is not None:
+        body["priority"] = args.priority
+    if args.metadata is not None:
+        try:
+            body["metadata"] = json.loads(args.metadata)
+        except ValueError as e:
+            raise _Usage(f"--metadata is not valid JSON: {e}") from None
+    return body
+
+
+def cmd_get(cli: Cli) -> int:
+    cli.show_job(cli.client.get(cli.args.id))
+    return EXIT_OK
+
+
+def cmd_list(cli: Cli) -> int:
+    limit = cli.args.limit or None
+    jobs = list(cli.client.list(state=cli.args.state, model=cli.args.model, limit=limit))
+    if cli.args.json:
+        cli.print_json([j.raw for j in jobs])
+    elif jobs:
+        cli.print(job_table(jobs))
+    return EXIT_OK
+
+
+def cmd_wait(cli: Cli) -> int:
+    job = cli.follow(cli.args.id, cli.args.timeout)
+    if cli.args.json:
+        cli.print_json(job.raw)
+    else:
+        cli.print(f"{job.id} {job.state.value}")
+    return EXIT_OK if job.state is JobState.DONE else _job_ended(cli, job, quiet=True)
+
+
+def cmd_cancel(cli: Cli) -> int:
+    job = cli.client.cancel(cli.args.id)
+    if cli.args.json:
+        cli.print_json(job.raw)
+    else:
+        cli.print(f"{job.id} {job.state.value}")
+    return EXIT_OK
+
+
+def cmd_delete(cli: Cli) -> int:
+    cli.client.delete(cli.args.id)
+    if cli.args.json:
+        cli.print_json({"id": cli.args.id, "deleted": True})
+    else:
+        cli.print(f"{cli.args.id} deleted")
+    return EXIT_OK
+
+
+def cmd_artifact(cli: Cli) -> int:
+    data = cli.client.artifact(cli.args.id, cli.args.name)
+    if cli.args.output and cli.args.output != "-":
+        Path(cli.args.output).write_bytes(data)
+    else:
+        out = getattr(cli.stdout, "buffer", None)
+        if out is not None:
+            out.write(data)
+            out.flush()
+        else:
+            cli.stdout.write(data.decode("utf-8", "replace"))
+    return EXIT_OK
+
+
+def cmd_pull(cli: Cli) -> int:
+    failed = []
+    for model in cli.args.models:
+        live = Live(cli.stderr)
+        last = ""
+        try:
+            with cli.client.pull(model, insecure=cli.args.insecure) as progress:
+                for item in progress:
+                    if cli.args.json:
+                        cli.print(json.dumps({"model": model, **item}))
+                    status = str(item.get("status", ""))
+                    if live.tty:
+                        width = shutil.get_terminal_size((100, 24)).columns - 1
+                        live.show(pull_bar(model, item, width))
+                    elif status != last:  # plain output: one line per step
+                        live.show(pull_line(model, item), important=True)
+                    last = status
+            live.done()
+        except PullFailed as e:
+            live.done()
+            cli.stderr.write(f"foreman: {e.message}\n")
+            failed.append(model)
+    if failed:
+        cli.stderr.write(f"foreman: {len(failed)} pull(s) failed: {', '.join(failed)}\n")
+        return EXIT_JOB
+    return EXIT_OK
+
+
+def _job_ended(cli: Cli, job: Job, quiet: bool = False) -> int:
+    error = JobFailed(job) if job.state is JobState.FAILED else JobCancelled(job)
+    cli.stderr.write(f"foreman: {error}\n")
+    if not quiet and cli.args.json:
+        cli.print_json(job.raw)
+    return EXIT_JOB
+
+
+class _Usage(Exception):
+    pass
+
+
+# -- arguments
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before and after the command (``foreman list --json``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="foreman's base URL (default: $FOREMAN_URL or http://127.0.0.1:8080)",
+    )
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS, help="Bearer token (default: $FOREMAN_TOKEN)"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="foreman",
+        parents=[common],
+        description="Submit and follow foreman jobs, fetch their artifacts, pull models.",
+        epilog="Exit status: 0 ok, 1 job failed/cancelled/unfinished or pull failed, "
+        "2 usage, connection or HTTP error.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    submit = command("submit", cmd_submit, "create a job (and optionally wait for its answer)")
+    submit.add_argument(
+        "file", nargs="?", help="request JSON (the body Ollama would get); - reads stdin"
+    )
+    submit.add_argument("--model", help="the model (builds a request with --prompt)")
+    submit.add_argument("--prompt", help="the user message / prompt")
+    submit.add_argument("--endpoint", help="inference route (default /api/chat)")
+    submit.add_argument("--webhook", help="webhook URL for state changes")
+    submit.add_argument("--priority", type=int, help="higher runs first (default 0)")
+    submit.add_argument("--metadata", help="JSON echoed back on the job")
+    submit.add_argument("--idempotency-key", help="reuse to make the submit idempotent")
+    submit.add_argument("--wait", action="store_true", help="wait, show progress, print answer")
+    submit.add_argument("--timeout", type=float, help="with --wait: give up after N seconds")
+
+    get = command("get", cmd_get, "show a job")
+    get.add_argument("id")
+
+    lister = command("list", cmd_list, "list jobs, newest first")
+    lister.add_argument("--state", choices=_STATES)
+    lister.add_argument("--model")
+    lister.add_argument("--limit", type=int, default=20, help="at most N jobs (0: all)")
+
+    wait = command("wait", cmd_wait, "follow a job live until it ends")
+    wait.add_argument("id")
+    wait.add_argument("--timeout", type=float, help="give up after N seconds")
+
+    cancel = command("cancel", cmd_cancel, "cancel a queued or running job")
+    cancel.add_argument("id")
+
+    delete = command("delete", cmd_delete, "delete a finished job and its artifacts")
+    delete.add_argument("id")
+
+    artifact = command("artifact", cmd_artifact, "write a job's artifact to stdout or a file")
+    artifact.add_argument("id")
+    artifact.add_argument("name", help="request.json, response.json or stream.ndjson")
+    artifact.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+    pull = command("pull", cmd_pull, "pull models onto the target through foreman")
+    pull.add_argument("models", nargs="+", metavar="MODEL")
+    pull.add_argument("--insecure", action="store_true", help="allow an insecure registry")
+    return parser
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run one command; returns the exit status."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.url = getattr(args, "url", None) or os.environ.get("FOREMAN_URL") or DEFAULT_URL
+    args.token = getattr(args, "token", None) or os.environ.get("FOREMAN_TOKEN") or None
+    args.json = getattr(args, "json", False)
+    cli = Cli(args, stdout, stderr)
+    try:
+        code: int = args.handler(cli)
+        return code
+    except _Usage as e:
+        parser.error(str(e))  # exits 2
+    except _NotFinished as e:
+        stderr.write(f"foreman: {e}\n")
+        return EXIT_JOB
+    except (JobFailed, JobCancelled) as e:
+        stderr.write(f"foreman: {e}\n")
+        return EXIT_JOB
+    except ForemanError as e:
+        stderr.write(f"foreman: {e}\n")
+        return EXIT_ERROR
+    except OSError as e:  # a request file or output file
+        stderr.write(f"foreman: {e}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        stderr.write("\n")
+        return 130
+    finally:
+        with contextlib.suppress(Exception):  # exiting anyway
+            cli.client.close()
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()
