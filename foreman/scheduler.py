@@ -30,7 +30,8 @@ continuous stream of higher priority work. That is what priority means here.
 
 Complexity: ``add``, ``remove``, ``pick`` and ``peek`` are O(log n) amortised
 (heaps with lazy deletion); ``order(limit=k)`` is O(k log n); ``position`` is
-O(priorities x models + requests of the same priority and model).
+O(priorities x models x log n): each (priority, model) keeps its live ages in
+a ``SortedList`` so a rank is a bisection.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import itertools
 import math
 
 from attrs import field, frozen, validators
+from sortedcontainers import SortedList
 
 INTERACTIVE = "interactive"
 JOB = "job"
@@ -94,6 +96,8 @@ class Scheduler:
         self._tokens = itertools.count()
         self._gens = itertools.count()
         self._by_pm: dict[tuple[int, str], list[_Entry]] = {}
+        # live ages per (priority, model), sorted: O(log n) ranks for position()
+        self._sorted: dict[tuple[int, str], SortedList] = {}
         self._count: dict[int, dict[str, int]] = {}
         self._prio_count: dict[int, int] = {}
         self._prio_heap: list[int] = []
@@ -149,6 +153,10 @@ class Scheduler:
         heapq.heappush(
             self._by_pm.setdefault((p, m), []), (item.enqueued_at, item.seq, item.key, token)
         )
+        ages = self._sorted.get((p, m))
+        if ages is None:
+            ages = self._sorted[(p, m)] = SortedList()
+        ages.add(item.age)
         models = self._count.setdefault(p, {})
         models[m] = models.get(m, 0) + 1
         self._prio_count[p] = self._prio_count.get(p, 0) + 1
@@ -172,10 +180,13 @@ class Scheduler:
         if models[m] == 0:
             del models[m]
             del self._by_pm[pm]
+            del self._sorted[pm]
             del self._head_of[pm]
         elif self._head_of[pm][0] == token:
+            self._sorted[pm].remove(item.age)
             self._refresh_head(p, m)
         else:
+            self._sorted[pm].remove(item.age)
             heap = self._by_pm[pm]
             if len(heap) > 2 * models[m] + _COMPACT_SLACK:
                 self._by_pm[pm] = self._valid_entries(heap)
@@ -349,8 +360,9 @@ class Scheduler:
         assert top is not None
         return (top[0], top[1], top[2])
 
-    def _ages(self, p: int, m: str) -> list[_Age]:
-        return [(e[0], e[1], e[2]) for e in self._by_pm[(p, m)] if self._is_live(e)]
+    def _ages(self, p: int, m: str) -> SortedList:
+        """Live ages of (p, m), oldest first."""
+        return self._sorted[(p, m)]
 
     def _plan(
         self, p: int, turn_model: str | None, turn_start: float, now: float
@@ -375,8 +387,9 @@ class Scheduler:
         # Starvation: oldest-first until the oldest other model's head goes, then
         # switch; the turn model's younger rest competes like any other model.
         own = self._ages(p, turn_model)
-        older = sum(1 for a in own if a < starving_age)
-        younger = [a for a in own if a > starving_age]
+        older = own.bisect_left(starving_age)
+        first_younger = own.bisect_right(starving_age)
+        younger = len(own) - first_younger
         segments: list[_Segment] = []
         if older:
             segments.append((turn_model, None, starving_age, older))
@@ -384,14 +397,19 @@ class Scheduler:
             (heads[m], (m, None, None, models[m])) for m in others
         ]
         if younger:
-            group.append((min(younger), (turn_model, starving_age, None, len(younger))))
+            group.append((own[first_younger], (turn_model, starving_age, None, younger)))
         group.sort()
         segments.extend(seg for _, seg in group)
         return segments
 
     def _rank(self, p: int, m: str, lo: _Age | None, age: _Age) -> int:
         """Items of (p, m) younger than ``lo`` (if given) and older than ``age``."""
-        return sum(1 for a in self._ages(p, m) if a < age and (lo is None or a > lo))
+        ages = self._ages(p, m)
+        below: int = ages.bisect_left(age)
+        if lo is None:
+            return below
+        above: int = ages.bisect_right(lo)
+        return below - above
 
 
 def _within(age: _Age, lo: _Age | None, hi: _Age | None) -> bool:
