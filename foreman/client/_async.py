@@ -85,7 +85,6 @@ class AsyncForemanClient:
         self._retry = retry or RetryPolicy()
         self._transport = Transport(base_url, token, reactor, pool, timeout, self._retry)
         self._streams: set[EventStream | PullStream] = set()
-        self._closed = False
 
     @property
     def base_url(self) -> str:
@@ -291,7 +290,6 @@ class AsyncForemanClient:
     @_deferred
     async def close(self) -> None:
         """Close open streams and (if it is ours) the connection pool."""
-        self._closed = True
         for stream in builtins.list(self._streams):
             await stream.close()
         if self._own_pool:

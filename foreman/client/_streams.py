@@ -136,13 +136,18 @@ class _BodyIterator(DeferredIterator[T]):
 
     async def _next(self) -> T | None:
         while True:
+            if self._closed and not self._ended:
+                return None  # closed by the caller: what is still buffered is dropped
             if self._buffer:
                 return self._buffer.popleft()
             if self._fatal is not None:
                 fatal, self._fatal = self._fatal, None
+                await self._settle()
                 self._finish()
                 raise fatal
             if self._ended or self._closed:
+                if not self._closed:
+                    await self._settle()
                 self._finish()
                 return None
             if self._pump is None:
@@ -153,6 +158,13 @@ class _BodyIterator(DeferredIterator[T]):
 
     async def _open(self) -> None:
         raise NotImplementedError
+
+    async def _settle(self) -> None:
+        """Wait for the response to end, so its connection is back in the pool (or closed)
+        when the caller learns the stream is over: ``client.close()`` then closes it."""
+        pump = self._pump
+        if pump is not None:
+            await pump.when_lost()
 
     def _attach(self, response: Any, decode: Callable[[bytes], None], idle: float | None) -> None:
         pump = BodyPump(decode, self._transport.reactor, idle)
@@ -247,8 +259,10 @@ class EventStream(_BodyIterator[JobEvent]):
                 self._failures += 1
                 self._last_error = e
                 continue
-            if self._closed:
-                response.deliverBody(BodyPump(lambda _: None, self._transport.reactor))
+            if self._closed:  # closed while connecting: drop this connection
+                pump = BodyPump(lambda _: None, self._transport.reactor)
+                response.deliverBody(pump)
+                pump.stop()
                 return
             self.connections += 1
             self._decoder = SSEDecoder()

@@ -1,0 +1,309 @@
+"""The ``foreman`` command, run as a subprocess against the real daemon and simulator."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.python.failure import Failure
+
+from foreman.client.cli import Live
+from foreman.testing import OllamaSimulator, reply_text
+from tests.harness import chat, reactor, start_stack
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self, stdin: bytes | None) -> None:
+        self.stdin = stdin
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.ended: Deferred[int] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.stdin is not None:
+            self.transport.write(self.stdin)  # type: ignore[union-attr]
+        self.transport.closeStdin()  # type: ignore[union-attr]
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(getattr(reason.value, "exitCode", -1))
+
+
+class Result:
+    def __init__(self, out: bytes, err: bytes, status: int) -> None:
+        self.raw = out
+        self.out = out.decode()
+        self.err = err.decode()
+        self.status = status
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+async def foreman(
+    *args: str,
+    url: str | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Result:
+    """``python -m foreman.client.cli args…`` (stdout and stderr are pipes, not a TTY)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
+    if url is not None:
+        full_env["FOREMAN_URL"] = url
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "foreman.client.cli", *args]
+    proto = _Collect(stdin)
+    process = reactor.spawnProcess(
+        proto, sys.executable, argv, env=full_env, path=str(cwd or os.getcwd())
+    )
+    killer = reactor.callLater(60, process.signalProcess, "KILL")
+    try:
+        status = await proto.ended
+    finally:
+        if killer.active():
+            killer.cancel()
+    return Result(b"".join(proto.out), b"".join(proto.err), status)
+
+
+def slow_sim() -> OllamaSimulator:
+    return OllamaSimulator(models=("llama3.2",), token_rate=10.0, load_time=0.05)
+
+
+@pytest_twisted.ensureDeferred
+async def test_submit_wait_shows_progress_and_prints_the_answer(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        run = await foreman(
+            "submit", "--model", "llama3.2", "--prompt", "hi", "--wait", url=stack.url
+        )
+        assert run.status == 0, run.err
+        assert run.out == reply_text("llama3.2", "hi", 8) + "\n"
+        lines = run.err.splitlines()  # not a TTY: plain lines, one per state
+        job_id = lines[0].split()[0]
+        assert job_id.startswith("job_")
+        states = [line.split()[1] for line in lines]
+        assert states[0] == "queued" and states[-1] == "done"
+        assert {"loading", "working"} <= set(states)
+        assert "8 tokens" in lines[-1]
+
+        as_json = await foreman(
+            "submit",
+            "--model",
+            "llama3.2",
+            "--prompt",
+            "json please",
+            "--wait",
+            "--json",
+            url=stack.url,
+        )
+        assert as_json.status == 0, as_json.err
+        job = as_json.json()
+        assert isinstance(job, dict) and job["state"] == "done"
+        assert job["result"]["message"]["content"] == reply_text("llama3.2", "json please", 8)
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_commands_and_json_output(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps({"model": "qwen3", "prompt": "from a file", "stream": False}))
+        submitted = await foreman(
+            "submit",
+            str(request),
+            "--endpoint",
+            "/api/generate",
+            "--priority",
+            "5",
+            "--metadata",
+            '{"batch": 3}',
+            url=stack.url,
+        )
+        assert submitted.status == 0, submitted.err
+        job_id = submitted.out.strip()
+        assert job_id.startswith("job_") and "\n" not in job_id
+
+        waited = await foreman("wait", job_id, "--json", url=stack.url)
+        assert waited.status == 0, waited.err
+        job = waited.json()
+        assert isinstance(job, dict)
+        assert (job["state"], job["priority"], job["metadata"]) == ("done", 5, {"batch": 3})
+        assert job["result"]["response"] == reply_text("qwen3", "from a file", 8)
+
+        shown = await foreman("get", job_id, url=stack.url)
+        assert shown.status == 0, shown.err
+        fields = dict(line.split(None, 1) for line in shown.out.splitlines() if " " in line)
+        assert fields["id"] == job_id and fields["state"] == "done"
+        assert fields["endpoint"] == "/api/generate"
+        got = await foreman("--json", "get", job_id, url=stack.url)  # global option first
+        assert got.json() == job
+
+        piped = await foreman(
+            "submit",
+            "-",
+            "--json",
+            url=stack.url,
+            stdin=json.dumps(chat("llama3.2", "from stdin")).encode(),
+        )
+        assert piped.status == 0, piped.err
+        second = piped.json()
+        assert isinstance(second, dict) and second["state"] == "queued"
+        assert (await foreman("wait", second["id"], url=stack.url)).status == 0
+
+        listed = await foreman("list", "--json", url=stack.url)
+        assert listed.status == 0, listed.err
+        jobs = listed.json()
+        assert isinstance(jobs, list)
+        assert [j["id"] for j in jobs] == [second["id"], job_id]
+        table = await foreman("list", "--model", "qwen3", url=stack.url)
+        rows = table.out.splitlines()
+        assert rows[0].split() == ["ID", "STATE", "MODEL", "TOKENS", "CREATED"]
+        assert [r.split()[:3] for r in rows[1:]] == [[job_id, "done", "qwen3"]]
+        only_failed = await foreman("list", "--state", "failed", "--json", url=stack.url)
+        assert only_failed.json() == []
+
+        artifact = await foreman("artifact", job_id, "response.json", url=stack.url)
+        assert artifact.status == 0, artifact.err
+        assert json.loads(artifact.raw) == job["result"]
+        saved = tmp_path / "req.json"
+        written = await foreman("artifact", job_id, "request.json", "-o", str(saved), url=stack.url)
+        assert written.status == 0 and written.out == ""
+        assert json.loads(saved.read_text()) == json.loads(request.read_text())
+
+        deleted = await foreman("delete", job_id, url=stack.url)
+        assert (deleted.status, deleted.out.strip()) == (0, f"{job_id} deleted")
+        gone = await foreman("get", job_id, url=stack.url)
+        assert gone.status == 2
+        assert "job_not_found" in gone.err
+        missing_artifact = await foreman("artifact", second["id"], "nope.json", url=stack.url)
+        assert missing_artifact.status == 2 and "artifact_not_found" in missing_artifact.err
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_and_failed_jobs_exit_1(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, sim=slow_sim())
+    try:
+        # 50 tokens at 10/s: still working while the CLI starts and gives up after 0.2 s
+        job = await stack.submit(chat("llama3.2", "long", options={"num_predict": 50}))
+        unfinished = await foreman("wait", job["id"], "--timeout", "0.2", url=stack.url)
+        assert unfinished.status == 1
+        assert "still" in unfinished.err
+        cancelled = await foreman("cancel", job["id"], url=stack.url)
+        assert cancelled.status == 0, cancelled.err
+        assert cancelled.out.strip() == f"{job['id']} cancelled"
+        waited = await foreman("wait", job["id"], url=stack.url)
+        assert waited.status == 1
+        assert waited.out.strip() == f"{job['id']} cancelled"
+        again = await foreman("cancel", job["id"], url=stack.url)
+        assert again.status == 2 and "not_cancellable" in again.err
+
+        failed = await foreman(
+            "submit", "--model", "no-such-model", "--prompt", "hi", "--wait", url=stack.url
+        )
+        assert failed.status == 1
+        assert failed.out == ""
+        assert "failed" in failed.err and "not found" in failed.err
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_connection_and_auth_errors_exit_2(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, api_tokens=("s3cret",))
+    try:
+        denied = await foreman("list", url=stack.url)
+        assert denied.status == 2
+        assert "401" in denied.err and "unauthorized" in denied.err
+        allowed = await foreman("list", "--json", "--token", "s3cret", url=stack.url)
+        assert allowed.status == 0 and allowed.json() == []
+        from_env = await foreman("list", "--json", url=stack.url, env={"FOREMAN_TOKEN": "s3cret"})
+        assert from_env.status == 0 and from_env.json() == []
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        closed = f"http://127.0.0.1:{port.getHost().port}"
+        await port.stopListening()
+        refused = await foreman("get", "job_00000000000000000000000000", "--url", closed)
+        assert refused.status == 2
+        assert "refused" in refused.err
+
+        no_request = await foreman("submit", url=stack.url)
+        assert no_request.status == 2 and "usage" in no_request.err
+        bad_metadata = await foreman(
+            "submit", "--model", "m", "--prompt", "p", "--metadata", "{nope", url=stack.url
+        )
+        assert bad_metadata.status == 2 and "--metadata" in bad_metadata.err
+        unknown = await foreman("frobnicate", url=stack.url)
+        assert unknown.status == 2
+        bad_request = await foreman(
+            "submit", "-", "--token", "s3cret", url=stack.url, stdin=b'{"messages": []}'
+        )
+        assert bad_request.status == 2 and "missing_field" in bad_request.err
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_shows_each_step_and_fails_for_unknown_models(tmp_path: Path) -> None:
+    sim = OllamaSimulator(models=("llama3.2",), pullable=("gemma3", "mistral"), pull_time=0.05)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        pulled = await foreman("pull", "gemma3", url=stack.url)
+        assert pulled.status == 0, pulled.err
+        lines = pulled.err.splitlines()
+        assert lines[0] == "gemma3: pulling manifest"
+        assert lines[-1] == "gemma3: success"
+        assert any(line.startswith("gemma3: pulling ") and "GB" in line for line in lines)
+        assert len(lines) == len(set(lines))  # one line per step, no repeated progress
+
+        mixed = await foreman("pull", "mistral", "no-such-model", "--json", url=stack.url)
+        assert mixed.status == 1
+        progress = [json.loads(line) for line in mixed.out.splitlines()]
+        assert progress[-1] == {"model": "no-such-model", "status": "pulling manifest"}
+        assert {"model": "mistral", "status": "success"} in progress
+        assert "no-such-model" in mixed.err and "file does not exist" in mixed.err
+        tags = (await stack.get("/api/tags")).json()["models"]
+        assert {"gemma3:latest", "mistral:latest"} <= {m["name"] for m in tags}
+    finally:
+        await stack.stop()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_rewrites_one_line_on_a_terminal_and_prints_lines_otherwise() -> None:
+    terminal = _Terminal()
+    live = Live(terminal)
+    assert live.tty
+    live.show("job_1  queued", important=True)
+    live.show("job_1  working  3 tokens")
+    live.done("job_1  done  8 tokens")
+    text = terminal.getvalue()
+    assert text.count("\r") == 3 and text.count("\x1b[K") == 3
+    assert text.endswith("job_1  done  8 tokens\x1b[K\n")
+    assert text.count("\n") == 1
+
+    plain = io.StringIO()
+    live = Live(plain, interval=3600)
+    live.show("job_1  queued", important=True)
+    live.show("job_1  working  3 tokens")  # progress within the interval: skipped
+    live.show("job_1  working  4 tokens", important=True)
+    live.done("job_1  working  4 tokens")  # same as the last line: not repeated
+    assert plain.getvalue() == "job_1  queued\njob_1  working  4 tokens\n"
