@@ -288,6 +288,14 @@ SETTINGS: tuple[Setting, ...] = (
         "on SIGTERM, how long the running request may finish",
     ),
     Setting(
+        "job_idle_timeout",
+        "FOREMAN_JOB_IDLE_TIMEOUT",
+        "job-idle-timeout",
+        "15m",
+        _positive_duration,
+        "a job attempt whose target sends nothing this long is retried (cold loads count)",
+    ),
+    Setting(
         "simulate",
         None,
         "simulate",
@@ -323,6 +331,7 @@ class Config:
     log_format: str = "text"
     max_body: int = 16 * 1024 * 1024
     shutdown_grace: float = 30.0
+    job_idle_timeout: float = 900.0
     simulate: bool = False
 
     @property

@@ -46,11 +46,24 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
         return configured
     path = data_dir / SECRET_FILE
     if path.exists():
-        return path.read_text().strip()
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+        _log.warn("{path} is empty: generating a new webhook secret", path=str(path))
     secret = generate_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # temp file, fsync, rename: a crash leaves the old state or the whole secret
+    tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     _log.info(
         "generated the webhook signing secret (shown once; kept in {path}): {secret}",
         path=str(path),

@@ -37,3 +37,5 @@ def read_json(request: Any) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}", "malformed_json") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", "malformed_json") from None

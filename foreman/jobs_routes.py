@@ -7,6 +7,7 @@ arrive as ``BadRequest`` and become foreman's JSON error shape.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
 _STATES = frozenset({"queued", "loading", "working", "done", "failed", "cancelled"})
 _MAX_WAIT = 300.0
 _MAX_LIMIT = 1000
@@ -71,9 +73,13 @@ def register(app: Klein, daemon: Daemon) -> None:
     async def create(request: Any) -> bytes:
         body = read_json(request)
         key_header = request.getHeader(b"idempotency-key")
-        key = key_header.decode("utf-8", "replace").strip() if key_header else None
-        if key is not None and not 0 < len(key) <= 255:
-            raise BadRequest("Idempotency-Key must be 1 to 255 characters", "invalid_header")
+        key = None
+        if key_header is not None:
+            key = key_header.decode("latin-1")
+            if not IDEMPOTENCY_KEY.match(key):
+                raise BadRequest(
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters", "invalid_header"
+                )
         try:
             job, created = await jobs.create(body, key, request_base_url(request))
         except IdempotencyConflict as e:

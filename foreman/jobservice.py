@@ -51,12 +51,14 @@ def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, A
     if not isinstance(request, dict):
         raise BadRequest("request is required and must be a JSON object", "missing_field")
     model = request.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model:
         raise BadRequest("request.model is required", "missing_field")
-    webhook_url = body.get("webhook_url")
+    webhook_url = body.get("webhook_url")  # null: no webhook
     if webhook_url is not None and not isinstance(webhook_url, str):
         raise BadRequest("webhook_url must be a string", "invalid_webhook_url")
     priority = body.get("priority", DEFAULT_JOB_PRIORITY)
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)  # JSON has one number type: 417.0 is the integer 417
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise BadRequest("priority must be an integer", "invalid_priority")
     if not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:

@@ -157,6 +157,16 @@ class TargetMonitor:
         elif self._timer is None or self._timer.getTime() > self._reactor.seconds() + wait:
             self._schedule(wait)
 
+    def mark_down(self, reason: str) -> None:
+        """A request just failed to connect: treat the target as down until a probe
+        says otherwise, so the worker waits instead of retrying into a refusal."""
+        if self.state == "down":
+            return
+        _log.info("target {url} unreachable: {reason}", url=self._base.decode(), reason=reason)
+        self.consecutive_failures = max(1, self.consecutive_failures)
+        self._update("down", self.loaded_models, self.version, self.last_seen)
+        self.poke()
+
     # -- probing --------------------------------------------------------
 
     def _schedule(self, delay: float) -> None:

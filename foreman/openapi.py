@@ -60,7 +60,7 @@ _SCHEMAS: dict[str, Any] = {
                 "required": ["model"],
                 "properties": {"model": {"type": "string", "minLength": 1}},
             },
-            "webhook_url": {"type": "string", "format": "uri"},
+            "webhook_url": {"type": ["string", "null"], "format": "uri"},
             "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0},
             "metadata": {"description": "any JSON, echoed back"},
         },
@@ -229,7 +229,10 @@ def _paths() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$",
+                        },
                     }
                 ],
                 "requestBody": {

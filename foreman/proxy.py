@@ -176,6 +176,9 @@ class ProxyResource(Resource):
         except ValueError as e:
             _json_error(request, 400, "malformed_json", f"request body is not valid JSON: {e}")
             return NOT_DONE_YET
+        except RecursionError:
+            _json_error(request, 400, "malformed_json", "request body is nested too deeply")
+            return NOT_DONE_YET
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, str) or not model:
             _json_error(request, 400, "missing_model", "model is required")
@@ -197,6 +200,7 @@ class ProxyResource(Resource):
             received_at=self.clock(),
         )
         exchange = _Exchange(self, request, RouteClass.INFERENCE, raw or None)
+        exchange.call = call
         exchange.admit(self.admission.admit(call))
         return NOT_DONE_YET
 
@@ -251,6 +255,7 @@ class _Exchange(Protocol):
     """One client request relayed to the target, and the protocol for its body."""
 
     slot: Slot | None = None
+    call: InferenceCall | None = None
     pending: Deferred[Any] | None = None
     client_gone = False
     producing = False  # upstream transport registered as producer on the request
@@ -343,6 +348,8 @@ class _Exchange(Protocol):
             status, code = 504, "target_timeout"
             message = f"target {target} did not answer within {proxy.metadata_timeout:g} s"
         elif failure.check(*_UNREACHABLE):
+            if self._requeue(failure):
+                return
             status, code = 502, "target_unreachable"
             message = f"target {target} is unreachable: {_describe(failure)}"
         else:
@@ -355,6 +362,23 @@ class _Exchange(Protocol):
         if stale_ok and proxy.serve_stale(request):
             return
         _json_error(request, status, code, message)
+
+    def _requeue(self, failure: Failure) -> bool:
+        """Put an inference request that met a refusing target back in the queue.
+
+        Only an admission that holds requests while the target is down
+        (``waits_for_target``) can take it back; the monitor is told at once, so
+        the worker waits for the target instead of dispatching into a refusal.
+        Nothing was sent to the client yet, so it just keeps waiting (SPEC).
+        """
+        proxy = self.proxy
+        call = self.call
+        if call is None or not getattr(proxy.admission, "waits_for_target", False):
+            return False
+        if proxy.monitor is not None:
+            proxy.monitor.mark_down(_describe(failure))
+        self.admit(proxy.admission.admit(call))
+        return True
 
     def _got_response(self, response: IResponse) -> None:
         self.pending = None

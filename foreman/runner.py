@@ -114,7 +114,7 @@ class JobRunner:
         jobs: JobService,
         artifacts: ArtifactStore,
         max_attempts: int,
-        on_unreachable: Callable[[], None],
+        on_unreachable: Callable[[str], None],
         idle_timeout: float = 900.0,
     ) -> None:
         self._reactor = reactor
@@ -317,7 +317,7 @@ class JobRunner:
         if row is None or row.terminal:
             return  # cancelled (or deleted): the canceller recorded it
         if error.kind == UNREACHABLE:
-            self._on_unreachable()
+            self._on_unreachable(error.message)
         now = time.time()
         if error.kind == SHUTDOWN:
             # not the job's fault: back to the queue as it was, for the next start

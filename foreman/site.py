@@ -23,6 +23,8 @@ from foreman.routeclass import classify
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
 
+IDLE_CONNECTION_TIMEOUT = 300
+
 
 class _NoDelayChannel(HTTPChannel):
     """HTTP channel with Nagle off: small writes must not wait for a delayed ACK."""
@@ -125,6 +127,9 @@ class ForemanSite(Site):
         max_body: int,
         **kwargs: Any,
     ) -> None:
+        # An idle connection (no request in progress) is closed after 5 minutes;
+        # a request in progress — queued or streaming — has no timeout.
+        kwargs.setdefault("timeout", IDLE_CONNECTION_TIMEOUT)
         super().__init__(own, **kwargs)  # type: ignore[no-untyped-call]
         self.own = own
         self.proxy = proxy

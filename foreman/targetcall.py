@@ -136,6 +136,7 @@ class TargetCall:
         try:
             response = await self._request
         except Exception as e:
+            self._disarm()
             if self._abort_reason is not None:
                 raise self._abort_reason from None
             if isinstance(e, CancelledError):

@@ -108,7 +108,8 @@ def build_work(daemon: Daemon, upstream: Upstream, monitor: TargetMonitor) -> No
         jobs=jobs,
         artifacts=artifacts,
         max_attempts=config.max_attempts,
-        on_unreachable=monitor.poke,
+        on_unreachable=monitor.mark_down,
+        idle_timeout=config.job_idle_timeout,
     )
     wol_mac = config.wol_mac
     wake = None

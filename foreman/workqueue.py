@@ -42,6 +42,9 @@ class WorkQueue:
     _seq: int = 0
     _waiter: Deferred[None] | None = None
     on_change: Callable[[], None] | None = None
+    #: the worker dispatches nothing while the target is down, so the proxy may
+    #: hand back a request that met a refusing target
+    waits_for_target: bool = True
 
     # -- the Admission interface, used by the proxy
 

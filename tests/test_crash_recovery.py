@@ -148,42 +148,40 @@ async def test_webhook_pending_at_sigkill_is_delivered_after_restart(tmp_path: P
         await sim.close()
 
 
+async def _sigterm_during_job(
+    sim: OllamaSimulator, pool: HTTPConnectionPool, data: Path, grace: str, tokens: int
+) -> tuple[int, tuple[str, str, int]]:
+    """Start twistd, run one job, SIGTERM it mid-generation: (exit status, job row)."""
+    env = {"FOREMAN_TARGET_URL": sim.url, "FOREMAN_SHUTDOWN_GRACE": grace}
+    proc = spawn(data, env=env)
+    try:
+        url = await wait_ready_async(proc)
+        body = {"request": chat("llama3.2", options={"num_predict": tokens})}
+        job = await _json(pool, "POST", url + "/jobs", body)
+        await sim.wait_for(lambda: sim.in_flight > 0, timeout=10)
+        proc.signal(15)
+        await until(lambda: proc.popen.poll() is not None, timeout=20)
+    finally:
+        proc.kill()
+    rows = {row[0]: row for row in _rows(data / "foreman.sqlite3")}
+    return proc.popen.returncode, rows[job["id"]]
+
+
 @pytest_twisted.ensureDeferred
 async def test_sigterm_lets_the_running_job_finish_or_requeues_it(tmp_path: Path) -> None:
     sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.05)
     await sim.listen("tcp:0:interface=127.0.0.1")
     pool = HTTPConnectionPool(reactor, persistent=False)
     data = tmp_path / "data"
-    proc: DaemonProcess | None = None
     try:
         # a grace period long enough: the running job finishes, then the process exits 0
-        env = {"FOREMAN_TARGET_URL": sim.url, "FOREMAN_SHUTDOWN_GRACE": "20"}
-        proc = spawn(data, env=env)
-        url = await wait_ready_async(proc)
-        short = await _json(
-            pool, "POST", url + "/jobs", {"request": chat("llama3.2", options={"num_predict": 10})}
-        )
-        await sim.wait_for(lambda: sim.in_flight > 0, timeout=10)
-        proc.signal(15)
-        await until(lambda: proc is not None and proc.popen.poll() is not None, timeout=20)
-        assert proc.popen.returncode == 0
-        assert dict((r[0], r[1]) for r in _rows(data / "foreman.sqlite3"))[short["id"]] == "done"
-
+        status, row = await _sigterm_during_job(sim, pool, data, "20", 10)
+        assert status == 0
+        assert row[1] == "done"
         # a grace period too short: the job goes back to the queue, no attempt used
-        env["FOREMAN_SHUTDOWN_GRACE"] = "0.3"
-        proc = spawn(data, env=env)
-        url = await wait_ready_async(proc)
-        long = await _json(
-            pool, "POST", url + "/jobs", {"request": chat("llama3.2", options={"num_predict": 400})}
-        )
-        await sim.wait_for(lambda: sim.in_flight > 0, timeout=10)
-        proc.signal(15)
-        await until(lambda: proc is not None and proc.popen.poll() is not None, timeout=20)
-        assert proc.popen.returncode == 0
-        row = {r[0]: r for r in _rows(data / "foreman.sqlite3")}[long["id"]]
+        status, row = await _sigterm_during_job(sim, pool, data, "0.3", 400)
+        assert status == 0
         assert row[1:] == ("queued", 0)
     finally:
-        if proc is not None:
-            proc.kill()
         await pool.closeCachedConnections()
         await sim.close()
