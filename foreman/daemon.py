@@ -22,6 +22,7 @@ from foreman import __version__
 from foreman.admission import Admission
 from foreman.auth import TokenCheck
 from foreman.config import Config
+from foreman.migrations import migrate
 from foreman.monitor import TargetMonitor
 from foreman.observe import install as install_observers
 from foreman.proxy import ProxyResource
@@ -80,6 +81,7 @@ class Daemon:
         store.start()
         daemon = cls(config=config, reactor=reactor, store=store)
         try:
+            await store.read(migrate)  # already done by twistd's start-up checks; cheap
             await daemon._start()
         except BaseException:
             await daemon.stop()

@@ -25,13 +25,13 @@ from foreman.framing import NDJSONDecoder, SSEDecoder
 from foreman.hub import Progress
 from foreman.jobs import JobRow, StateChange
 from foreman.jobview import RESULT_INLINE_LIMIT
-from foreman.targetcall import ABORTED, SHUTDOWN, UNREACHABLE, TargetCall, TargetError
+from foreman.targetcall import RESET, SHUTDOWN, UNREACHABLE, TargetCall, TargetError
 from foreman.upstream import Upstream
 
 if TYPE_CHECKING:
     from foreman.jobservice import JobService
 
-__all__ = ["JobRunner", "preload_request", "wire_request"]
+__all__ = ["JobRunner", "job_wants_stream", "preload_request", "wire_request"]
 
 _log = Logger()
 
@@ -239,10 +239,8 @@ class JobRunner:
         streamed = endpoint in _ASSEMBLED or keep_raw
         last_progress = 0.0
 
-        def feed(obj: Any, line: bytes) -> None:
+        def feed(obj: Any) -> None:
             nonlocal last_progress
-            if keep_raw:
-                raw.append(line + b"\n")
             assembler.feed_chunk(obj)
             self.tokens = assembler.tokens
             now = time.monotonic()
@@ -255,10 +253,14 @@ class JobRunner:
                 for event in events.feed(data):
                     if event.data == "[DONE]" or not event.data:
                         continue
-                    feed(json.loads(event.data), event.data.encode())
+                    if keep_raw:  # the SSE payloads, one JSON object per line
+                        raw.append(event.data.encode() + b"\n")
+                    feed(json.loads(event.data))
             else:
+                if keep_raw:  # NDJSON already: keep the target's bytes as they came
+                    raw.append(data)
                 for obj in ndjson.feed(data):
-                    feed(obj, json.dumps(obj, separators=(",", ":")).encode())
+                    feed(obj)
 
         def on_data(data: bytes) -> None:
             if not streamed:
@@ -275,11 +277,13 @@ class JobRunner:
                 assembler.feed_chunk(json.loads(b"".join(whole)))
             elif not sse:
                 for obj in ndjson.flush():
-                    feed(obj, json.dumps(obj, separators=(",", ":")).encode())
+                    feed(obj)
         except ValueError as e:
             raise TargetError("stream_error", f"target sent a malformed body: {e}") from None
         if assembler.error is not None:
             raise TargetError("stream_error", assembler.error)
+        if endpoint in _ASSEMBLED and not assembler.complete:
+            raise TargetError(RESET, "the target's stream ended before its final chunk")
         result = assembler.result()
         response_bytes = json.dumps(result, separators=(",", ":")).encode()
         files = {"response.json": response_bytes}
@@ -289,8 +293,6 @@ class JobRunner:
             listing = await self._artifacts.write(row.id, files)
         except OSError as e:
             raise TargetError("artifact_write_error", f"could not write artifacts: {e}") from None
-        for item in listing:
-            item["content_type"] = "application/json"
         inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
         done = await self._jobs.change(
             StateChange(
@@ -381,6 +383,3 @@ class JobRunner:
             )
         )
         await self._artifacts.discard([job_id])
-
-
-__all__ += ["ABORTED", "job_wants_stream"]

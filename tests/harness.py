@@ -113,9 +113,6 @@ async def start_stack(tmp_path: Path, sim: OllamaSimulator | None = None, **conf
     cfg = attrs.evolve(cfg, **config)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     cfg.artifacts_dir.mkdir(exist_ok=True)
-    from foreman.store import open_sync
-
-    open_sync(cfg.db_path).close()
     try:
         daemon = await Daemon.start(cfg, reactor)
     except BaseException:
