@@ -50,36 +50,31 @@ __all__ = ["ProxyResource"]
 
 _log = Logger()
 
+#: Hop-by-hop headers (RFC 9110 §7.6.1 and the common proxy ones): never relayed.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
 #: Request headers never forwarded: hop-by-hop ones, and those foreman sets itself.
-_DROP_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"authorization",
-        b"content-length",
-        b"expect",
-        b"x-foreman-priority",
-    }
-)
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"content-length",
+    b"expect",
+    b"x-foreman-priority",
+}
 #: Response headers never relayed (Agent already strips most of these).
-_DROP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+_DROP_RESPONSE = _HOP_BY_HOP | {b"content-length"}
 _STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")
 _NO_BODY_CODES = frozenset({204, 304})
 _SMALL_BODY = 64 * 1024  # responses this size or smaller need no backpressure
