@@ -11,9 +11,9 @@ daemon serves, so an operation missing from what is served fails. A second
 daemon with ``FOREMAN_API_TOKENS`` set is fuzzed without a token: 401 as
 documented everywhere but ``/healthz`` and ``/readyz``.
 
-Known mismatches between the document and foreman are filtered out of the
-generated cases (see ``_install_hooks``), each pinned by its own test below
-(xfail when foreman is at fault) or reported to the lead (when the document is).
+Only inputs that are not a test of foreman are filtered out of the generated
+cases (see ``_install_hooks``); the mismatches this test found earlier are
+fixed and pinned by their own tests below.
 
 schemathesis' own pytest integration (``from_fixture``) does not work with
 pytest 9 (it reads ``Function._nodeid``), so the hypothesis strategies are
