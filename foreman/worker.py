@@ -51,6 +51,7 @@ class Worker:
         monitor: Any,  # foreman.monitor.TargetMonitor
         wake: Callable[[], None] | None = None,
         wake_interval: float = 60.0,
+        poke_interval: float = 5.0,
     ) -> None:
         self._reactor = reactor
         self._queue = queue
@@ -58,6 +59,9 @@ class Worker:
         self._monitor = monitor
         self._wake = wake
         self._wake_interval = wake_interval
+        # while work waits for a down target, probe at least this often (the
+        # monitor's own backoff grows to 30 s; a box that just woke should not wait)
+        self._poke_interval = poke_interval
         self._last_wake = float("-inf")
         self._stopping = False
         self._loop: Deferred[None] | None = None
@@ -108,7 +112,7 @@ class Worker:
                 self._send_wake()
             self._monitor.poke()
             up = self._monitor.when_up()
-            timer = self._reactor.callLater(self._wake_interval, up.cancel)
+            timer = self._reactor.callLater(self._poke_interval, up.cancel)
             try:
                 await self._wait(up)
             except CancelledError:
