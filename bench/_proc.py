@@ -31,7 +31,7 @@ from attrs import define, field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._util import Server, machine_info, percentile, spawn_ready
+from bench._util import Server, machine_info, percentile, request_bytes, spawn_ready
 
 __all__ = [
     "PY",
@@ -185,13 +185,7 @@ class AioHTTP:
     def send(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> None:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
-        if body or method in ("POST", "PUT"):
-            lines.append(f"Content-Length: {len(body)}")
-            lines.append("Content-Type: application/json")
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        self.writer.write(request_bytes(method, path, self.host, body, headers))
 
     async def head(self) -> tuple[int, dict[bytes, bytes]]:
         status_line = await self.reader.readuntil(b"\r\n")

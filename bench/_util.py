@@ -60,6 +60,19 @@ _CHAT_REPLY = json.dumps(
 # -- client ------------------------------------------------------------------
 
 
+def request_bytes(
+    method: str, path: str, host: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> bytes:
+    """One HTTP/1.1 request, head and body, ready for a single write."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+        lines.append("Content-Type: application/json")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
 class RawClient:
     """A keep-alive HTTP/1.1 client over one blocking socket."""
 
@@ -97,13 +110,7 @@ class RawClient:
     def send(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> None:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host.decode()}"]
-        if body or method in ("POST", "PUT"):
-            lines.append(f"Content-Length: {len(body)}")
-            lines.append("Content-Type: application/json")
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        self.sock.sendall(request_bytes(method, path, self.host.decode(), body, headers))
 
     def head(self) -> tuple[int, dict[bytes, bytes]]:
         status = int(self._line().split(b" ", 2)[1])

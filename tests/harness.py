@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,18 @@ async def until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await deferLater(reactor, interval, lambda: None)
+
+
+@asynccontextmanager
+async def running_simulator(**kwargs: Any) -> AsyncIterator[OllamaSimulator]:
+    """``async with``: a simulator listening on loopback, closed afterwards."""
+    options: dict[str, Any] = {"load_time": 0.05, **kwargs}
+    sim = OllamaSimulator(**options)
+    await sim.listen("tcp:0:interface=127.0.0.1")
+    try:
+        yield sim
+    finally:
+        await sim.close()
 
 
 def chat(model: str, content: str = "hello", **extra: Any) -> dict[str, Any]:

@@ -6,8 +6,7 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +29,7 @@ from foreman.testing import (
     reply_text,
     thinking_text,
 )
+from tests.harness import running_simulator
 
 reactor: Any = _reactor
 
@@ -47,16 +47,9 @@ WEATHER_TOOL = {
 }
 
 
-@asynccontextmanager
-async def running(**kwargs: Any) -> AsyncIterator[OllamaSimulator]:
-    options: dict[str, Any] = {"token_rate": 0.0, "load_time": 0.05, "reply_tokens": 4}
-    options.update(kwargs)
-    sim = OllamaSimulator(**options)
-    await sim.listen("tcp:0:interface=127.0.0.1")
-    try:
-        yield sim
-    finally:
-        await sim.close()
+def running(**kwargs: Any) -> AbstractAsyncContextManager[OllamaSimulator]:
+    """A listening simulator, unpaced (tokens as fast as possible)."""
+    return running_simulator(**{"token_rate": 0.0, "reply_tokens": 4, **kwargs})
 
 
 @pytest.fixture

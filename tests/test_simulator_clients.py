@@ -7,8 +7,8 @@ a thread (``deferToThread``) while the reactor serves the simulator.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import ollama
@@ -23,20 +23,14 @@ from foreman.testing import (
     reply_text,
     thinking_text,
 )
+from tests.harness import running_simulator
 
 T = TypeVar("T")
 
 
-@asynccontextmanager
-async def running(**kwargs: Any) -> AsyncIterator[OllamaSimulator]:
-    options: dict[str, Any] = {"token_rate": 200.0, "load_time": 0.05, "reply_tokens": 5}
-    options.update(kwargs)
-    sim = OllamaSimulator(**options)
-    await sim.listen("tcp:0:interface=127.0.0.1")
-    try:
-        yield sim
-    finally:
-        await sim.close()
+def running(**kwargs: Any) -> AbstractAsyncContextManager[OllamaSimulator]:
+    """A listening simulator, paced (200 tokens/s) so streams are real streams."""
+    return running_simulator(**{"token_rate": 200.0, "reply_tokens": 5, **kwargs})
 
 
 async def with_ollama(sim: OllamaSimulator, work: Callable[[ollama.Client], T]) -> T:

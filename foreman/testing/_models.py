@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 DEFAULT_KEEP_ALIVE = 300.0
 """Ollama's default keep_alive: five minutes."""
@@ -163,40 +163,14 @@ class Catalog:
         info = self.find(source)
         if info is None:
             return False
-        dest = canonical_name(destination)
-        self.add(
-            ModelInfo(
-                name=dest,
-                load_time=info.load_time,
-                family=info.family,
-                parameter_size=info.parameter_size,
-                quantization_level=info.quantization_level,
-                context_length=info.context_length,
-                embedding=info.embedding,
-                embedding_length=info.embedding_length,
-                size=info.size,
-                digest=info.digest,
-                modified_at=now,
-            )
-        )
+        self.add(evolve(info, name=canonical_name(destination), modified_at=now))
         return True
 
     def pull_spec(self, name: str) -> ModelSpec | None:
         """The spec a pull of ``name`` would install, or None if it cannot."""
         canon = canonical_name(name)
         if canon in self.pullable:
-            spec = self.pullable[canon]
-            return ModelSpec(
-                canon,
-                load_time=spec.load_time,
-                family=spec.family,
-                parameter_size=spec.parameter_size,
-                quantization_level=spec.quantization_level,
-                context_length=spec.context_length,
-                embedding=spec.embedding,
-                embedding_length=spec.embedding_length,
-                size=spec.size,
-            )
+            return evolve(self.pullable[canon], name=canon)
         if canon in self.models:
             return ModelSpec(canon)
         return None
