@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 from attrs import define, field
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -30,22 +30,12 @@ from foreman.routes import build_app
 from foreman.site import ForemanSite
 from foreman.store import Store
 from foreman.upstream import Upstream, build_upstream
-from foreman.work_wiring import build_work, queue_view, start_work, work_status
+from foreman.work_wiring import Stopper, build_work, queue_view, start_work, work_status
 from foreman.workqueue import WorkQueue
 
 __all__ = ["Daemon"]
 
 _log = Logger()
-
-
-@define
-class _Closing:
-    """Adapts a part with an async ``close()`` (the simulator) to ``stop()``."""
-
-    thing: Any
-
-    def stop(self) -> Deferred[Any]:
-        return ensureDeferred(self.thing.close())
 
 
 @define
@@ -94,7 +84,7 @@ class Daemon:
 
             self.simulator = simulator = make_simulator(reactor=self.reactor)
             await simulator.listen("tcp:0:interface=127.0.0.1")
-            self.parts.append(_Closing(simulator))
+            self.parts.append(Stopper(simulator.close))
             self.config = attrs.evolve(self.config, target_url=simulator.url)
         self.upstream = upstream = build_upstream(self.reactor, self.config.target_url)
         self.parts.append(upstream)

@@ -47,9 +47,6 @@ class JobHub:
         for listener in list(self._listeners.get(job_id, ())):
             listener(message)
 
-    def listeners(self, job_id: str) -> int:
-        return len(self._listeners.get(job_id, ()))
-
     def next_event(self, job_id: str, reactor: Any, timeout: float) -> Deferred[Any]:
         """Fires with the next state event of the job, or None after ``timeout``.
 

@@ -20,7 +20,6 @@ from attrs import frozen
 from foreman.ids import new_message_id
 
 __all__ = [
-    "ACTIVE",
     "TERMINAL",
     "IdempotencyConflict",
     "JobRow",
@@ -34,7 +33,6 @@ __all__ = [
 ]
 
 TERMINAL = frozenset({"done", "failed", "cancelled"})
-ACTIVE = frozenset({"loading", "working"})
 
 _COLUMNS = (
     "id, state, endpoint, model, priority, request, metadata, webhook_url, attempts, "

@@ -115,11 +115,12 @@ def register(app: Klein, daemon: Daemon) -> None:
                 raise BadRequest("wait must be a number of seconds", "invalid_parameter") from None
             if not 0 <= wait <= _MAX_WAIT:
                 raise BadRequest(f"wait must be between 0 and {_MAX_WAIT:g}", "invalid_parameter")
-        row = await jobs.get_row(job_id)
-        if row is None:
-            return _not_found(request, job_id)
-        if wait > 0 and not row.terminal:
-            await jobs.hub.next_event(job_id, daemon.reactor, wait)
+        if wait > 0:
+            row = await jobs.get_row(job_id)
+            if row is None:
+                return _not_found(request, job_id)
+            if not row.terminal:
+                await jobs.hub.next_event(job_id, daemon.reactor, wait)
         job = await jobs.get(job_id)
         if job is None:
             return _not_found(request, job_id)

@@ -48,7 +48,6 @@ def job_object(
     position: int | None = None,
     tokens: int | None = None,
     seq: int | None = None,
-    webhook: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The job as clients see it; ``tokens`` overrides the stored count while working."""
     error = None
@@ -75,8 +74,6 @@ def job_object(
     }
     if row.webhook_url is not None:
         body["webhook_url"] = row.webhook_url
-    if webhook is not None:
-        body["webhook"] = webhook
     if seq is not None:
         body["seq"] = seq
     return body

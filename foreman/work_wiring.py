@@ -57,7 +57,9 @@ class _WorkStopper:
 
 
 @define
-class _Stopper:
+class Stopper:
+    """A daemon part whose stopping is an awaitable call (``close()``, ``stop()``)."""
+
     stop_fn: Callable[[], Any]
 
     def stop(self) -> Deferred[Any]:
@@ -146,7 +148,7 @@ async def start_work(daemon: Daemon) -> None:
     daemon.worker.start()
     daemon.delivery.start()
     daemon.parts.append(_WorkStopper(daemon.worker, daemon.queue, daemon.config.shutdown_grace))
-    daemon.parts.append(_Stopper(daemon.delivery.stop))
+    daemon.parts.append(Stopper(daemon.delivery.stop))
     purge = LoopingCall(_purge, daemon)
     purge.clock = daemon.reactor
     purge.start(PURGE_INTERVAL, now=True).addErrback(
