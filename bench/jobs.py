@@ -188,10 +188,10 @@ def fsync_ms(directory: Path, rounds: int = 200) -> float:
 
 def seed(db: Path, count: int) -> list[str]:
     """``count`` queued jobs (rows + their ``job.queued`` events) as POST /jobs writes them."""
-    from foreman.ids import new_job_id
-    from foreman.jobs import JobRow, request_hash
-    from foreman.jobview import job_object
-    from foreman.store import open_sync
+    from foreman.core.ids import new_job_id
+    from foreman.core.jobview import job_object
+    from foreman.store.database import open_sync
+    from foreman.store.jobs import JobRow, request_hash
 
     conn = open_sync(db)
     conn.execute("PRAGMA synchronous = OFF")  # seeding only; the daemon runs FULL
@@ -237,7 +237,7 @@ def seed(db: Path, count: int) -> list[str]:
 
 def scheduler_costs(sizes: Sequence[int], picks: int) -> dict[int, dict[str, list[float]]]:
     """µs per call with ``n`` waiting, ``n`` held constant (each pick is replaced)."""
-    from foreman.scheduler import JOB, Scheduler, Waiting
+    from foreman.core.scheduler import JOB, Scheduler, Waiting
 
     out: dict[int, dict[str, list[float]]] = {}
     clock = time.perf_counter_ns

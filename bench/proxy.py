@@ -88,11 +88,11 @@ def serve_foreman(target: str, data_dir: str) -> None:
     from twisted.internet.defer import ensureDeferred
     from twisted.logger import globalLogBeginner
 
-    from foreman.admission import ImmediateAdmission
-    from foreman.config import Config, check_data_dir
-    from foreman.daemon import Daemon
-    from foreman.logs import make_observer
-    from foreman.store import open_sync
+    from foreman.app.config import Config, check_data_dir
+    from foreman.app.daemon import Daemon
+    from foreman.ops.logs import make_observer
+    from foreman.store.database import open_sync
+    from foreman.work.admission import ImmediateAdmission
 
     config = Config(listen="tcp:0:interface=127.0.0.1", target_url=target, data_dir=Path(data_dir))
     check_data_dir(config)

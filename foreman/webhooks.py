@@ -44,24 +44,39 @@ that is not a JSON object, 500 if ``on_event`` fails (foreman then retries),
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import inspect
 import json
-import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+
+from foreman.core import signing
+
+# The pure part lives in foreman.core.signing (the daemon signs with it); these
+# are the same objects, re-exported so this public module keeps every name.
+from foreman.core.signing import (
+    DEFAULT_TOLERANCE,
+    SECRET_PREFIX,
+    HeadersLike,
+    InvalidHeaders,
+    InvalidSecret,
+    InvalidSignature,
+    MalformedPayload,
+    MissingHeaders,
+    TimestampOutOfTolerance,
+    WebhookVerificationError,
+    generate_secret,
+    headers_for,
+    secret_bytes,
+    sign,
+)
 
 __all__ = [
     "SECRET_PREFIX",
@@ -82,119 +97,9 @@ __all__ = [
     "verify_signature",
 ]
 
-SECRET_PREFIX = "whsec_"
-DEFAULT_TOLERANCE = 300
-_SECRET_BYTES = 24  # Standard Webhooks asks for 24 to 64 bytes of key
-
-HeadersLike: TypeAlias = Headers | Mapping[Any, Any]
-"""Twisted ``Headers`` or any mapping with str/bytes keys and str/bytes (or
-lists of them) values; names are matched case-insensitively."""
-
 EventHandler: TypeAlias = Callable[[dict[str, Any]], Deferred[Any] | Awaitable[Any] | None]
 
 _log = Logger()
-
-
-class InvalidSecret(ValueError):
-    """The secret is not ``whsec_`` followed by non-empty base64."""
-
-
-class WebhookVerificationError(Exception):
-    """A delivery failed verification; do not trust it."""
-
-
-class InvalidHeaders(WebhookVerificationError):
-    """A required header is missing or unparseable."""
-
-
-class MissingHeaders(InvalidHeaders):
-    """``webhook-id``, ``webhook-timestamp`` or ``webhook-signature`` is absent."""
-
-
-class TimestampOutOfTolerance(WebhookVerificationError):
-    """The timestamp is too old or too far in the future (replay protection)."""
-
-
-class InvalidSignature(WebhookVerificationError):
-    """No ``v1`` signature in the header matches."""
-
-
-class MalformedPayload(WebhookVerificationError):
-    """The signature is good but the body is not a UTF-8 JSON object."""
-
-
-def generate_secret() -> str:
-    """A fresh random secret, ``whsec_`` + base64 of 24 random bytes."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode("ascii")
-
-
-def secret_bytes(secret: str) -> bytes:
-    """The HMAC key inside a ``whsec_`` secret (the prefix is optional; padding
-    may be omitted, as some senders do)."""
-    text = secret.strip()
-    if text.startswith(SECRET_PREFIX):
-        text = text[len(SECRET_PREFIX) :]
-    text += "=" * (-len(text) % 4)
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidSecret("webhook secret must be 'whsec_' followed by base64") from e
-    if not key:
-        raise InvalidSecret("webhook secret is empty")
-    return key
-
-
-def _signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    return hmac.new(key, signed, hashlib.sha256).digest()
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>``."""
-    digest = _signature(secret_bytes(secret), msg_id, int(timestamp), body)
-    return "v1," + base64.b64encode(digest).decode("ascii")
-
-
-def headers_for(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """All headers a delivery of ``body`` carries."""
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(timestamp)),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
-        "content-type": "application/json",
-    }
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return str(value)
-
-
-def _header_values(headers: HeadersLike, name: str) -> list[str]:
-    """Every value of header ``name`` (lower case), whatever the container."""
-    if isinstance(headers, Headers):
-        raw = headers.getRawHeaders(name.encode("ascii")) or []
-        return [_text(v) for v in raw]
-    values: list[str] = []
-    for key, value in headers.items():
-        if _text(key).lower() != name:
-            continue
-        if isinstance(value, list | tuple):
-            values.extend(_text(v) for v in value)
-        else:
-            values.append(_text(value))
-    return values
-
-
-def _single_header(headers: HeadersLike, name: str) -> str:
-    values = {v.strip() for v in _header_values(headers, name)}
-    values.discard("")
-    if not values:
-        raise MissingHeaders(f"missing {name} header")
-    if len(values) > 1:
-        raise InvalidHeaders(f"conflicting {name} headers")
-    return values.pop()
 
 
 def verify_signature(
@@ -206,37 +111,12 @@ def verify_signature(
 ) -> str:
     """Check headers and signature of ``body``; return the ``webhook-id``.
 
-    Raises a ``WebhookVerificationError`` subclass. Every ``v1`` entry of the
-    signature header is tried (key rotation), each in constant time.
+    ``now`` (Unix seconds) defaults to the wall clock. Raises a
+    ``WebhookVerificationError`` subclass. Every ``v1`` entry of the signature
+    header is tried (key rotation), each in constant time.
     """
-    msg_id = _single_header(headers, "webhook-id")
-    ts_text = _single_header(headers, "webhook-timestamp")
-    sig_text = " ".join(_header_values(headers, "webhook-signature")).strip()
-    if not sig_text:
-        raise MissingHeaders("missing webhook-signature header")
-    if not ts_text.isascii() or not ts_text.isdigit():
-        raise InvalidHeaders("webhook-timestamp is not integer Unix seconds")
-    timestamp = int(ts_text)
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        raise TimestampOutOfTolerance(
-            f"webhook-timestamp {timestamp} is more than {tolerance:g} s from now"
-        )
-    expected = _signature(secret_bytes(secret), msg_id, timestamp, body)
-    matched = False
-    for entry in sig_text.split():
-        version, _, encoded = entry.partition(",")
-        if version != "v1":
-            continue
-        try:
-            candidate = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        # No early exit: the time taken does not depend on which entry matches.
-        matched |= hmac.compare_digest(expected, candidate)
-    if not matched:
-        raise InvalidSignature("no matching v1 signature")
-    return msg_id
+    return signing.verify_signature(secret, headers, body, now=current, tolerance=tolerance)
 
 
 def verify(
@@ -248,21 +128,12 @@ def verify(
 ) -> dict[str, Any]:
     """Verify a delivery and return its JSON event (a dict).
 
-    Raises ``MissingHeaders``/``InvalidHeaders``, ``TimestampOutOfTolerance``,
+    ``now`` (Unix seconds) defaults to the wall clock. Raises
+    ``MissingHeaders``/``InvalidHeaders``, ``TimestampOutOfTolerance``,
     ``InvalidSignature`` or ``MalformedPayload`` (all ``WebhookVerificationError``).
     """
-    verify_signature(secret, headers, body, tolerance, now)
-    return _parse_event(body)
-
-
-def _parse_event(body: bytes) -> dict[str, Any]:
-    try:
-        event = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise MalformedPayload("body is not UTF-8 JSON") from e
-    if not isinstance(event, dict):
-        raise MalformedPayload("body is not a JSON object")
-    return event
+    current = time.time() if now is None else now
+    return signing.verify(secret, headers, body, now=current, tolerance=tolerance)
 
 
 class WebhookReceiver(Resource):
@@ -303,7 +174,7 @@ class WebhookReceiver(Resource):
         body = request.content.read() if request.content is not None else b""
         try:
             msg_id = verify_signature(self._secret, request.requestHeaders, body, self._tolerance)
-            event = _parse_event(body)
+            event = signing.parse_event(body)
         except MalformedPayload as e:
             return _json_error(request, 400, str(e))
         except WebhookVerificationError as e:

@@ -22,8 +22,8 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
-from foreman.config import Config
-from foreman.daemon import Daemon
+from foreman.app.config import Config
+from foreman.app.daemon import Daemon
 from foreman.testing import OllamaSimulator
 
 reactor: Any = _reactor

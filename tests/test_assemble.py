@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.assemble import Assembler, error_text
-from foreman.framing import NDJSONDecoder, SSEDecoder
+from foreman.core.assemble import Assembler, error_text
+from foreman.core.framing import NDJSONDecoder, SSEDecoder
 
 T0 = "2025-06-01T10:00:00.000000Z"
 T1 = "2025-06-01T10:00:01.500000Z"

@@ -7,13 +7,20 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.backoff import (
+from foreman.core.backoff import (
+    JOB_RETRY,
     JOB_RETRY_BASE,
     JOB_RETRY_CAP,
     JOB_RETRY_JITTER,
+    MONITOR_PROBE,
     PROBE_BASE,
     PROBE_CAP,
     PROBE_JITTER,
+    WEBHOOK_RETRY,
+    WEBHOOK_RETRY_JITTER,
+    WEBHOOK_RETRY_SCHEDULE,
+    Backoff,
+    JitterMode,
     ceiling,
     jittered,
     job_retry_delay,
@@ -90,3 +97,50 @@ def test_bad_jitter_rejected() -> None:
 
     with pytest.raises(ValueError):
         jittered(1, 1.0, 2.0, 1.5, None)
+
+
+# --- the Backoff value behind the functions -------------------------------------
+
+
+@given(n=counts, seed=seeds)
+@settings(max_examples=200, deadline=None)
+def test_functions_are_the_named_backoffs(n: int, seed: int) -> None:
+    assert job_retry_delay(n, random.Random(seed)) == JOB_RETRY.delay(n, random.Random(seed))
+    assert monitor_probe_delay(n, random.Random(seed)) == MONITOR_PROBE.delay(
+        n, random.Random(seed)
+    )
+    assert JOB_RETRY.ceiling(n) == ceiling(n, JOB_RETRY_BASE, JOB_RETRY_CAP)
+
+
+def test_webhook_schedule_ceilings_and_the_last_step_repeats() -> None:
+    tops = [WEBHOOK_RETRY.ceiling(n) for n in range(1, len(WEBHOOK_RETRY_SCHEDULE) + 3)]
+    assert tops == [*WEBHOOK_RETRY_SCHEDULE, 86400, 86400]
+    assert WEBHOOK_RETRY.ceiling(0) == WEBHOOK_RETRY.ceiling(-4) == 5
+
+
+@given(n=st.integers(-5, 50), seed=seeds)
+@settings(max_examples=200, deadline=None)
+def test_spread_jitter_goes_both_ways_within_bounds(n: int, seed: int) -> None:
+    top = WEBHOOK_RETRY.ceiling(n)
+    d = WEBHOOK_RETRY.delay(n, random.Random(seed))
+    assert top * (1 - WEBHOOK_RETRY_JITTER) <= d <= top * (1 + WEBHOOK_RETRY_JITTER)
+
+
+def test_draw_fixes_the_jitter() -> None:
+    shorten = Backoff.exponential(1.0, 10.0, 0.5)
+    assert shorten.delay(3, draw=0.0) == 4.0
+    assert shorten.delay(3, draw=0.5) == 3.0
+    spread = Backoff.schedule((10, 20), 0.25, JitterMode.SPREAD)
+    assert spread.delay(2, draw=0.0) == 15.0
+    assert spread.delay(2, draw=0.5) == 20.0
+
+
+def test_bad_backoffs_rejected() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        Backoff.exponential(1.0, 2.0, -0.1)
+    with pytest.raises(ValueError):
+        Backoff.schedule((), 0.1)
+    with pytest.raises(ValueError):
+        Backoff.schedule((5, -1), 0.1)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from foreman.config import SETTINGS, Config, ConfigError, load_config, parse_duration
+from foreman.app.config import SETTINGS, Config, ConfigError, load_config, parse_duration
 
 LAYERS = ("option", "env", "toml", "default")
 

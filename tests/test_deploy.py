@@ -52,6 +52,14 @@ SPEC_SETTINGS = frozenset(
 )
 SERVER_EXTRAS = frozenset({"FOREMAN_MAX_BODY", "FOREMAN_SHUTDOWN_GRACE", "FOREMAN_CONFIG"})
 CLIENT_SETTINGS = frozenset({"FOREMAN_URL", "FOREMAN_TOKEN"})
+# Settings the SPEC names for work still open, by issue: not built, so not
+# documented as if they were. test_unbuilt_settings_are_really_unbuilt keeps
+# this list honest: a name must leave it in the change that builds it.
+UNBUILT = {
+    "FOREMAN_PROBE_TIMEOUT": 14,
+    "FOREMAN_BATCH_MAX_LINES": 15,
+    "FOREMAN_BATCH_MAX_BYTES": 15,
+}
 
 
 def venv_bin(name: str) -> Path:
@@ -272,8 +280,13 @@ def code_settings(exclude: str | None = None) -> set[str]:
     return names
 
 
+def test_unbuilt_settings_are_really_unbuilt() -> None:
+    built = code_settings() & set(UNBUILT)
+    assert not built, f"built now, so take them off UNBUILT and document them: {sorted(built)}"
+
+
 def test_every_setting_is_documented() -> None:
-    names = spec_settings() | code_settings() | SERVER_EXTRAS | CLIENT_SETTINGS
+    names = spec_settings() - set(UNBUILT) | code_settings() | SERVER_EXTRAS | CLIENT_SETTINGS
     env_example = ENV_EXAMPLE.read_text()
     deploy = DEPLOY_DOC.read_text()
     missing_env = sorted(n for n in names if not re.search(rf"\b{n}\b", env_example))
@@ -295,7 +308,7 @@ def test_env_example_leaves_secrets_empty() -> None:
 
 def test_settings_table_matches_the_code() -> None:
     """docs/deploy.md's table gives each setting's real option and default."""
-    from foreman.config import SETTINGS
+    from foreman.app.config import SETTINGS
 
     rows = {
         m.group(1): line

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.framing import (
+from foreman.core.framing import (
     FramingError,
     NDJSONDecoder,
     SSEDecoder,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from foreman.jobstate import (
+from foreman.core.jobstate import (
     CODE_ARTIFACT_WRITE_ERROR,
     CODE_STREAM_ERROR,
     CODE_TARGET_ERROR,

@@ -15,10 +15,10 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from foreman.backoff import monitor_probe_delay
-from foreman.monitor import TargetMonitor, TargetSnapshot
+from foreman.core.backoff import monitor_probe_delay
+from foreman.target.monitor import TargetMonitor, TargetSnapshot
+from foreman.target.upstream import build_upstream
 from foreman.testing import SIMULATED_VERSION, OllamaSimulator
-from foreman.upstream import build_upstream
 from tests.test_proxy_support import wait_until
 
 reactor: Any = _reactor

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 
-from foreman.logs import make_observer
+from foreman.ops.logs import make_observer
 from tests.harness import chat, start_stack
 from tests.receiver import Receiver
 

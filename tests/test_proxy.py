@@ -10,8 +10,8 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail, succeed
 
-from foreman.admission import ImmediateAdmission, InferenceCall, QueueFull, Slot
 from foreman.testing import Fault, OllamaSimulator
+from foreman.work.admission import ImmediateAdmission, InferenceCall, QueueFull, Slot
 from tests.test_proxy_support import (
     EchoUpstream,
     Http,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.routeclass import (
+from foreman.core.routeclass import (
     INFERENCE_ROUTES,
     NON_STREAMING_INFERENCE,
     RouteClass,

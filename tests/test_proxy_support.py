@@ -29,9 +29,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from foreman.config import Config, check_data_dir
-from foreman.daemon import Daemon
-from foreman.store import open_sync
+from foreman.app.config import Config, check_data_dir
+from foreman.app.daemon import Daemon
+from foreman.store.database import open_sync
 from foreman.testing import OllamaSimulator
 
 reactor: Any = _reactor

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from foreman.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
+from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 
 MODELS = ["a", "b", "c", "d"]
 PRIORITIES = [0, 5, 10]

@@ -126,15 +126,15 @@ async def test_failing_target_retries_then_fails(tmp_path: Path) -> None:
     sim = OllamaSimulator(models=MODELS, token_rate=300.0, load_time=0.05)
     stack = await start_stack(tmp_path, sim=sim, max_attempts=2)
     try:
-        import foreman.backoff
+        import foreman.core.backoff
 
-        original = foreman.backoff.job_retry_delay
+        original = foreman.core.backoff.job_retry_delay
         sim.inject(Fault.HTTP_500, count=1, path="/api/chat")
         job = await stack.submit(chat("llama3.2", "retry me"))
         first = await stack.wait_job(job["id"], timeout=60)
         assert first["state"] == "done", first
         assert first["attempts"] == 1
-        assert foreman.backoff.job_retry_delay is original
+        assert foreman.core.backoff.job_retry_delay is original
 
         sim.inject(Fault.ERROR_MID_STREAM, count=1, path="/api/chat")
         broken = await stack.submit(chat("llama3.2", "break me"))

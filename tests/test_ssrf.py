@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
 
-from foreman.ssrf import (
+from foreman.outbox.ssrf import (
     ForbiddenAddress,
     InvalidWebhookURL,
     UnresolvableHost,

@@ -11,8 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from foreman.migrations import MIGRATIONS, SchemaTooNew, current_version, migrate
-from foreman.store import Store, open_sync
+from foreman.store.database import Store, open_sync
+from foreman.store.migrations import MIGRATIONS, SchemaTooNew, current_version, migrate
 
 
 def test_fresh_database_is_migrated_to_latest(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from foreman.config import Config
-from foreman.daemon import Daemon
+from foreman.app.config import Config
+from foreman.app.daemon import Daemon
 from tests.harness import Stack, chat, reactor, until
 
 

@@ -147,7 +147,7 @@ async def test_private_webhook_urls_refused_unless_allowed(tmp_path: Path) -> No
 async def test_sse_mid_job_and_resume(tmp_path: Path) -> None:
     import treq
 
-    from foreman.framing import SSEDecoder
+    from foreman.core.framing import SSEDecoder
     from foreman.testing import OllamaSimulator
 
     sim = OllamaSimulator(models=("llama3.2",), token_rate=40.0, load_time=0.2)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.webhook_policy import (
+from foreman.core.webhook_policy import (
     JITTER,
     MAX_ATTEMPTS,
     RETRY_AFTER_CAP,

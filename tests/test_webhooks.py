@@ -21,6 +21,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+import foreman.webhooks
+from foreman.core import signing
 from foreman.webhooks import (
     InvalidHeaders,
     InvalidSecret,
@@ -220,6 +222,45 @@ def test_default_now_is_the_clock() -> None:
     # the vector is from 2021: far outside five minutes of today
     with pytest.raises(TimestampOutOfTolerance):
         verify(VECTOR_SECRET, vector_headers(), VECTOR_BODY)
+
+
+# --- the public module over the pure core ----------------------------------------
+
+# verify/verify_signature are the public wrappers that read the clock; everything
+# else in foreman.webhooks is foreman.core.signing's own object.
+_WRAPPERS = {"WebhookReceiver", "verify", "verify_signature"}
+_REEXPORTED = [*sorted(set(foreman.webhooks.__all__) - _WRAPPERS), "DEFAULT_TOLERANCE"]
+
+
+@pytest.mark.parametrize("name", _REEXPORTED)
+def test_public_names_are_the_core_objects(name: str) -> None:
+    assert getattr(foreman.webhooks, name) is getattr(signing, name)
+
+
+def test_every_public_name_is_importable() -> None:
+    for name in foreman.webhooks.__all__:
+        assert getattr(foreman.webhooks, name) is not None
+
+
+def test_wrappers_pass_now_and_tolerance_to_the_core() -> None:
+    headers = vector_headers()
+    assert foreman.webhooks.verify_signature(
+        VECTOR_SECRET, headers, VECTOR_BODY, 5, VECTOR_TS + 5
+    ) == signing.verify_signature(
+        VECTOR_SECRET, headers, VECTOR_BODY, now=VECTOR_TS + 5, tolerance=5
+    )
+    assert foreman.webhooks.verify(VECTOR_SECRET, headers, VECTOR_BODY, now=VECTOR_TS) == (
+        signing.verify(VECTOR_SECRET, headers, VECTOR_BODY, now=VECTOR_TS)
+    )
+    with pytest.raises(TimestampOutOfTolerance):
+        signing.verify(VECTOR_SECRET, headers, VECTOR_BODY, now=VECTOR_TS + 6, tolerance=5)
+
+
+def test_verify_with_the_clock_accepts_a_fresh_delivery() -> None:
+    ts = int(time.time())
+    headers = headers_for(SECRET, "msg_now", ts, b"{}")
+    assert verify(SECRET, headers, b"{}") == {}
+    assert verify_signature(SECRET, headers, b"{}") == "msg_now"
 
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])

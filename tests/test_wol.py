@@ -9,8 +9,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.protocol import DatagramProtocol
 
+from foreman.target.wol import magic_packet
 from foreman.testing import OllamaSimulator
-from foreman.wol import magic_packet
 from tests.harness import chat, reactor, start_stack, until
 
 

@@ -16,6 +16,7 @@ from twisted.web._newclient import (
 )
 
 from foreman.client._errors import ForemanConnectionError, ServiceUnavailable
+from foreman.core.backoff import Backoff, JitterMode
 
 __all__ = ["RetryPolicy", "is_transient"]
 
@@ -44,6 +45,9 @@ def _is_queue_full(exc: BaseException) -> bool:
     return getattr(exc, "code", None) == "queue_full"
 
 
+_JITTER = 0.25
+
+
 @frozen
 class RetryPolicy:
     """``attempts`` tries in all; the n-th retry waits ``base * 2**(n-1)`` (capped), ±25 %."""
@@ -56,6 +60,5 @@ class RetryPolicy:
         """Seconds before retry number ``retry`` (1-based); ``rand`` in [0, 1) for jitter."""
         if retry <= 0:
             return 0.0
-        r = random.random() if rand is None else rand
-        step: float = min(self.cap, self.base * 2.0 ** (retry - 1))
-        return step * (0.75 + 0.5 * r)
+        backoff = Backoff.exponential(self.base, self.cap, _JITTER, JitterMode.SPREAD)
+        return backoff.delay(retry, draw=random.random() if rand is None else rand)

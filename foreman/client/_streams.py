@@ -26,7 +26,7 @@ from foreman.client._errors import (
 from foreman.client._models import Job, JobEvent, JobPage
 from foreman.client._retry import RetryPolicy, is_transient
 from foreman.client._transport import BodyPump, Transport, headers_of, job_path, read_body
-from foreman.framing import FramingError, NDJSONDecoder, SSEDecoder
+from foreman.core.framing import FramingError, NDJSONDecoder, SSEDecoder
 
 __all__ = ["DeferredIterator", "EventStream", "JobIterator", "PullStream"]
 

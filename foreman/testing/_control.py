@@ -14,15 +14,11 @@ These routes need no token, are never recorded and never suffer faults.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.logger import Logger
 
 from foreman.testing._exchange import Exchange, HTTPError
 from foreman.testing._generation import FLUSH_SECONDS
-
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
+from foreman.testing._host import ControlHost
 
 CONTROL_PREFIX = "/_simulator/"
 
@@ -34,7 +30,7 @@ def _query_flag(ex: Exchange, name: str) -> bool:
     return any(v.lower() in (b"1", b"true", b"yes") for v in values)
 
 
-async def control(sim: OllamaSimulator, ex: Exchange) -> None:
+async def control(sim: ControlHost, ex: Exchange) -> None:
     route = (ex.method if ex.method != "HEAD" else "GET", ex.path)
     if route == ("GET", "/_simulator/state"):
         ex.respond_json(200, sim.state(include_requests=_query_flag(ex, "requests")))

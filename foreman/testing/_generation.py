@@ -6,17 +6,13 @@ only the :class:`~foreman.testing._formats.Format` that renders the bytes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from foreman.testing._content import Plan
 from foreman.testing._exchange import JSON_TYPE, Exchange
 from foreman.testing._faults import Fault
 from foreman.testing._formats import Format, pieces
+from foreman.testing._host import GenerationHost
 from foreman.testing._models import ModelInfo
 from foreman.testing._shapes import Stats
-
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
 
 MID_STREAM_ERROR = "an error was encountered while running the model: simulated failure"
 FLUSH_SECONDS = 0.05
@@ -47,7 +43,7 @@ async def apply_plain_fault(ex: Exchange, fault: Fault | None) -> bool:
     return False
 
 
-def _stats(sim: OllamaSimulator, ex: Exchange, load: float, started: float, plan: Plan) -> Stats:
+def _stats(sim: GenerationHost, ex: Exchange, load: float, started: float, plan: Plan) -> Stats:
     now = sim.now()
     return Stats(
         total=now - ex.received_at,
@@ -60,7 +56,7 @@ def _stats(sim: OllamaSimulator, ex: Exchange, load: float, started: float, plan
 
 
 async def run_generation(
-    sim: OllamaSimulator,
+    sim: GenerationHost,
     ex: Exchange,
     *,
     info: ModelInfo,
@@ -90,7 +86,7 @@ def _cut(count: int, fault: Fault | None) -> int | None:
 
 
 async def _stream(
-    sim: OllamaSimulator,
+    sim: GenerationHost,
     ex: Exchange,
     load: float,
     plan: Plan,
@@ -122,7 +118,7 @@ async def _stream(
 
 
 async def _whole(
-    sim: OllamaSimulator,
+    sim: GenerationHost,
     ex: Exchange,
     load: float,
     plan: Plan,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from foreman.testing import _shapes as shapes
 from foreman.testing._content import (
@@ -21,6 +21,7 @@ from foreman.testing._generation import (
     reset_after_flush,
     run_generation,
 )
+from foreman.testing._host import GenerationHost
 from foreman.testing._models import ModelInfo, describe
 from foreman.testing._params import (
     call_ids,
@@ -36,36 +37,33 @@ from foreman.testing._params import (
     wants_thinking,
 )
 
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
-
 PULL_MISSING = "pull model manifest: file does not exist"
 
 
-def find_model(sim: OllamaSimulator, name: str) -> ModelInfo:
+def find_model(sim: GenerationHost, name: str) -> ModelInfo:
     info = sim.catalog.find(name)
     if info is None:
         raise HTTPError(404, shapes.not_found_message(name))
     return info
 
 
-async def root(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def root(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if not await apply_plain_fault(ex, fault):
         ex.respond_text(200, "Ollama is running")
 
 
-async def version(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def version(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if not await apply_plain_fault(ex, fault):
         ex.respond_json(200, {"version": shapes.SIMULATED_VERSION})
 
 
-async def tags(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def tags(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if not await apply_plain_fault(ex, fault):
         models = [shapes.tags_entry(info) for info in sim.catalog.models.values()]
         ex.respond_json(200, {"models": models})
 
 
-async def ps(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def ps(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if await apply_plain_fault(ex, fault):
         return
     models = []
@@ -76,7 +74,7 @@ async def ps(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
     ex.respond_json(200, {"models": models})
 
 
-async def show(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def show(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     info = find_model(sim, require_model(body))
     if not await apply_plain_fault(ex, fault):
@@ -84,7 +82,7 @@ async def show(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
 
 
 async def _preload(
-    sim: OllamaSimulator,
+    sim: GenerationHost,
     ex: Exchange,
     info: ModelInfo,
     ctx: int,
@@ -103,7 +101,7 @@ async def _preload(
     ex.respond_json(200, render("load"))
 
 
-async def chat(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def chat(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     ex.model = name
@@ -148,7 +146,7 @@ async def chat(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
     )
 
 
-async def generate(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def generate(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     ex.model = name
@@ -209,7 +207,7 @@ def _dimensions(info: ModelInfo, body: dict[str, Any]) -> int:
     return min(value, info.embedding_length)
 
 
-async def embed(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def embed(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     ex.model = name
@@ -230,7 +228,7 @@ async def embed(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None
     ex.respond_json(200, shapes.embed_body(name, vectors, sim.now() - ex.received_at, load, tokens))
 
 
-async def embeddings(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def embeddings(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     ex.model = name
@@ -251,7 +249,7 @@ async def embeddings(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) ->
     ex.respond_json(200, {"embedding": vector})
 
 
-async def pull(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def pull(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     ex.model = name
@@ -299,7 +297,7 @@ async def pull(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
         ex.finish()
 
 
-async def delete(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def delete(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name = require_model(body)
     if sim.catalog.find(name) is None:
@@ -312,7 +310,7 @@ async def delete(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> Non
     ex.respond(200, b"application/json; charset=utf-8", b"")
 
 
-async def copy(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def copy(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     source, destination = body.get("source"), body.get("destination")
     if not isinstance(source, str) or not source or not isinstance(destination, str):

@@ -7,7 +7,7 @@ OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from foreman.testing import _shapes as shapes
 from foreman.testing._content import (
@@ -20,6 +20,7 @@ from foreman.testing._exchange import Exchange, HTTPError
 from foreman.testing._faults import Fault
 from foreman.testing._formats import OpenAIChat, OpenAICompletion
 from foreman.testing._generation import apply_plain_fault, run_generation
+from foreman.testing._host import GenerationHost
 from foreman.testing._models import ModelInfo
 from foreman.testing._native import find_model
 from foreman.testing._params import (
@@ -30,9 +31,6 @@ from foreman.testing._params import (
     prompt_tokens_of,
     require_model,
 )
-
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
@@ -72,13 +70,13 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _model(sim: OllamaSimulator, ex: Exchange, body: Mapping[str, Any]) -> tuple[str, ModelInfo]:
+def _model(sim: GenerationHost, ex: Exchange, body: Mapping[str, Any]) -> tuple[str, ModelInfo]:
     name = require_model(body)
     ex.model = name
     return name, find_model(sim, name)
 
 
-async def chat_completions(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def chat_completions(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name, info = _model(sim, ex, body)
     messages = messages_of(body)
@@ -120,7 +118,7 @@ async def chat_completions(sim: OllamaSimulator, ex: Exchange, fault: Fault | No
     )
 
 
-async def completions(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def completions(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name, info = _model(sim, ex, body)
     prompt = body.get("prompt", "")
@@ -164,7 +162,7 @@ def _embedding_inputs(value: object) -> list[str]:
     raise HTTPError(400, "invalid input type")
 
 
-async def embeddings(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def embeddings(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     body = ex.json_body()
     name, info = _model(sim, ex, body)
     inputs = _embedding_inputs(body.get("input"))
@@ -190,14 +188,14 @@ async def embeddings(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) ->
     ex.respond_json(200, shapes.openai_embeddings(name, data, tokens))
 
 
-async def models(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def models(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if await apply_plain_fault(ex, fault):
         return
     data = [shapes.openai_model(info) for info in sim.catalog.models.values()]
     ex.respond_json(200, {"object": "list", "data": data})
 
 
-async def model(sim: OllamaSimulator, ex: Exchange, fault: Fault | None) -> None:
+async def model(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     name = ex.path.removeprefix("/v1/models/")
     info = sim.catalog.find(name) if name else None
     if info is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,12 +21,10 @@ from foreman.testing import _openai as openai
 from foreman.testing._control import CONTROL_PREFIX, control
 from foreman.testing._exchange import Exchange, HTTPError
 from foreman.testing._faults import Fault
+from foreman.testing._host import GenerationHost, SimulatorHost
 from foreman.testing._records import RecordedRequest
 
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
-
-Handler = Callable[["OllamaSimulator", Exchange, Fault | None], Awaitable[None]]
+Handler = Callable[[GenerationHost, Exchange, Fault | None], Awaitable[None]]
 
 _log = Logger()
 
@@ -109,7 +107,7 @@ def _record_of(request: Request, path: str, now: float) -> RecordedRequest:
 class SimulatorResource(Resource):
     isLeaf = True
 
-    def __init__(self, sim: OllamaSimulator) -> None:
+    def __init__(self, sim: SimulatorHost) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.sim = sim
 

@@ -3,20 +3,19 @@
 Tracking every connection lets ``sleep()`` and ``close()`` drop them and wait
 until they are really gone (nothing left in the reactor). TCP_NODELAY makes
 each token chunk leave at once instead of waiting for the peer's delayed ACK.
+The site serves whatever resource it is given; it knows nothing of the simulator.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
 from twisted.web.server import Site
-
-if TYPE_CHECKING:
-    from foreman.testing._simulator import OllamaSimulator
 
 
 class _Channel(HTTPChannel):
@@ -39,10 +38,8 @@ class SimulatorSite(Site):
     noisy = False
     protocol = _Channel  # type: ignore[assignment]
 
-    def __init__(self, sim: OllamaSimulator) -> None:
-        from foreman.testing._resource import SimulatorResource
-
-        super().__init__(SimulatorResource(sim), reactor=sim.reactor)  # type: ignore[no-untyped-call]
+    def __init__(self, resource: IResource, reactor: Any) -> None:
+        super().__init__(resource, reactor=reactor)  # type: ignore[no-untyped-call]
         self._channels: dict[_Channel, list[Deferred[None]]] = {}
 
     def log(self, request: Any) -> None:

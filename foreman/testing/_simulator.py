@@ -2,7 +2,9 @@
 
 I/O edge around the pure parts (catalog, residency state machine, fault
 book): owns every timer and connection so that :meth:`OllamaSimulator.close`
-leaves nothing in the reactor.
+leaves nothing in the reactor. The top of the package: it builds the
+resource and site around itself; they see it only through the protocols of
+:mod:`foreman.testing._host`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from foreman.testing._faults import Fault, FaultBook
 from foreman.testing._models import FOREVER, Catalog, ModelInfo, ModelSpec, canonical_name
 from foreman.testing._records import Disconnect, RecordedRequest
 from foreman.testing._residency import Grant, Residency, Slot
+from foreman.testing._resource import SimulatorResource
+from foreman.testing._server import SimulatorSite
 from foreman.testing._timers import Timers
 from foreman.testing._watchers import Watchers
 
@@ -96,9 +100,7 @@ class OllamaSimulator:
         self._ids = itertools.count(1)
         self._closed = False
 
-        from foreman.testing._server import SimulatorSite
-
-        self._site = SimulatorSite(self)
+        self._site = SimulatorSite(SimulatorResource(self), reactor)
         self._port: IListeningPort | None = None
         self._stopping: Deferred[Any] | None = None
         self._rebind: Any = None

@@ -6,7 +6,7 @@ made with the file system itself: the artifacts directory replaced by a file
 a full disk — the job's temporary artifact file is a symlink to ``/dev/full``,
 whose writes fail with ENOSPC exactly as on a full file system.
 
-Expected (``foreman.jobstate``): ``failed`` with code ``artifact_write_error``
+Expected (``foreman.core.jobstate``): ``failed`` with code ``artifact_write_error``
 after one attempt (retrying would not make space), nothing partial left in
 the job's directory, ``/healthz`` still 200, and the next job runs normally
 once the operator has fixed the directory.

@@ -5,7 +5,7 @@ generates valid and invalid requests for every operation in it and runs all
 its checks on each answer: never a 5xx; status codes, content types, headers
 and bodies as documented; invalid input refused with a 4xx.
 
-The operations are listed at collection time from ``foreman.openapi`` (for one
+The operations are listed at collection time from ``foreman.web.openapi`` (for one
 test per operation and mode) and looked up at run time in the document the
 daemon serves, so an operation missing from what is served fails. A second
 daemon with ``FOREMAN_API_TOKENS`` set is fuzzed without a token: 401 as
@@ -41,7 +41,7 @@ from attrs import frozen
 from hypothesis import HealthCheck, given, seed, settings
 from schemathesis import GenerationMode
 
-from foreman.openapi import openapi_document
+from foreman.web.openapi import openapi_document
 from tests.proc import spawn, wait_ready
 
 TOKEN = "reliability-token"

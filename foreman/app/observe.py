@@ -1,0 +1,88 @@
+"""Observability hooks: access log lines, job transition lines, live metric values.
+
+One log line per HTTP request (method, path, status, duration, route class,
+and the queue wait of inference requests) and one per job state change (job
+id, state, model, attempts, error), so a slow or failing target shows in the
+logs without debug mode. Both also feed the Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from foreman.core.records import Event, JobRow
+from foreman.ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from foreman.app.parts import Parts
+
+__all__ = ["live_state", "request_line", "transition_line"]
+
+_access = Logger(namespace="foreman.access")
+_jobs = Logger(namespace="foreman.jobs")
+
+
+def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
+    def report(request: Any, status: int) -> None:
+        route = request.route_class
+        metrics.request(route, status)
+        started = getattr(request, "started", None)
+        duration = (clock.seconds() - started) * 1000.0 if started else 0.0
+        wait = request.responseHeaders.getRawHeaders(b"x-foreman-queue-wait-ms")
+        model = request.model
+        _access.info(
+            "{method} {path} {status} {duration_ms:.1f}ms {route}{model_text}{wait_text}",
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+            status=status,
+            duration_ms=duration,
+            route=route,
+            model=model,
+            model_text=f" model={model}" if model else "",
+            queue_wait_ms=float(wait[0]) if wait else None,
+            wait_text=f" waited {wait[0].decode()}ms" if wait else "",
+        )
+
+    return report
+
+
+def transition_line(metrics: Metrics) -> Callable[[JobRow, Event], None]:
+    def on_transition(row: JobRow, event: Event) -> None:
+        state = row.state
+        metrics.transition(state)
+        error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
+        _jobs.info(
+            "job {job_id} {state} model={model} attempts={attempts}{error_text}",
+            job_id=row.id,
+            state=state,
+            model=row.model,
+            attempts=row.attempts,
+            endpoint=row.endpoint,
+            error_code=row.error_code,
+            error_text=error,
+        )
+
+    return on_transition
+
+
+def live_state(parts: Parts) -> dict[str, Any]:
+    """Values the metrics read at scrape time."""
+    scheduler = parts.queue.scheduler
+    monitor = parts.monitor
+    delivery = parts.delivery
+    worker = parts.worker
+    return {
+        "by_model": scheduler.depth_by_model(),
+        "by_kind": scheduler.depth_by_kind(),
+        "retrying": parts.queue.delayed,
+        "target_up": 1 if monitor.state == "up" else 0,
+        "loaded_models": list(monitor.loaded_models),
+        "inflight": 1 if worker.current is not None else 0,
+        "dispatched": worker.dispatched,
+        "switches": worker.swaps,
+        "webhooks": dict(delivery.outcomes),
+        "webhooks_failed": delivery.failed,
+    }

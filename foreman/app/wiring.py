@@ -1,0 +1,148 @@
+"""The one place that builds every part and wires them to each other.
+
+Nothing here starts anything (``foreman.app.services`` does, in order); it
+only constructs objects and hands each its collaborators, so the whole
+dependency graph of a running foreman can be read in one function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foreman.app.config import Config
+from foreman.app.observe import live_state, request_line, transition_line
+from foreman.app.parts import Parts
+from foreman.core.errors import BadRequest
+from foreman.core.scheduler import Scheduler
+from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.hub import JobHub
+from foreman.jobs.runner import JobRunner
+from foreman.jobs.service import JobService
+from foreman.ops.metrics import Metrics
+from foreman.outbox.delivery import Delivery, load_or_create_secret
+from foreman.outbox.ssrf import InvalidWebhookURL, check_url, resolve_and_check
+from foreman.store.database import Store
+from foreman.target.monitor import TargetMonitor
+from foreman.target.upstream import build_upstream
+from foreman.target.wol import send_magic_packet
+from foreman.web.auth import TokenCheck
+from foreman.web.proxy import ProxyResource
+from foreman.web.routes import build_app
+from foreman.web.site import ForemanSite
+from foreman.web.view import DaemonView
+from foreman.work.queue import WorkQueue
+from foreman.work.worker import Worker
+
+__all__ = ["build_parts", "build_site"]
+
+
+def build_parts(config: Config, reactor: Any) -> Parts:
+    """Construct and wire every part for ``config`` (the target URL already final)."""
+    metrics = Metrics()
+    store = Store(config.db_path)
+    store.commit_observer = metrics.commit
+    upstream = build_upstream(reactor, config.target_url)
+    monitor = TargetMonitor(reactor, config.target_url, config.target_token, upstream.agent)
+    queue = WorkQueue(Scheduler(config.max_wait), config.max_queue, reactor)
+    hub = JobHub()
+    artifacts = ArtifactStore(config.artifacts_dir)
+    jobs = JobService(
+        store=store,
+        queue=queue,
+        hub=hub,
+        artifacts=artifacts,
+        reactor=reactor,
+        public_url=config.public_url,
+        max_attempts=config.max_attempts,
+        check_webhook=_webhook_check(config, reactor),
+    )
+    # before anything can change a job (recovery included): every transition is seen
+    jobs.transition_listeners.append(transition_line(metrics))
+    runner = JobRunner(
+        reactor=reactor,
+        upstream=upstream,
+        token=config.target_token,
+        jobs=jobs,
+        artifacts=artifacts,
+        max_attempts=config.max_attempts,
+        on_unreachable=monitor.mark_down,
+        idle_timeout=config.job_idle_timeout,
+    )
+    runner.on_load = metrics.model_loaded
+    worker = Worker(
+        reactor=reactor, queue=queue, runner=runner, monitor=monitor, wake=_waker(config)
+    )
+    worker.on_dispatch = lambda item, waited: metrics.dispatched(item.kind, waited)
+    delivery = Delivery(
+        reactor=reactor,
+        store=store,
+        secret=load_or_create_secret(config.data_dir, config.webhook_secret),
+        allow_private=config.webhook_allow_private,
+    )
+    jobs.outbox_listeners.append(delivery.poke)
+    jobs.loaded = lambda: worker.loaded
+    jobs.live_tokens = lambda job_id: runner.tokens if runner.job_id == job_id else None
+    proxy = ProxyResource(
+        reactor, upstream, queue, monitor=monitor, target_token=config.target_token
+    )
+    parts = Parts(
+        config=config,
+        reactor=reactor,
+        store=store,
+        metrics=metrics,
+        upstream=upstream,
+        monitor=monitor,
+        queue=queue,
+        hub=hub,
+        artifacts=artifacts,
+        jobs=jobs,
+        runner=runner,
+        worker=worker,
+        delivery=delivery,
+        proxy=proxy,
+    )
+    metrics.watch(lambda: live_state(parts))
+    return parts
+
+
+def build_site(parts: Parts, view: DaemonView) -> ForemanSite:
+    """The one HTTP site: foreman's own routes over ``view``, the proxy for the rest."""
+    config = parts.config
+    # No form parsing: nothing here reads form posts, and parsing the
+    # Content-Type of every POST costs ~25 µs on the proxy's hot path.
+    site = ForemanSite(
+        build_app(view).resource(),
+        parts.proxy,
+        TokenCheck(config.api_tokens),
+        config.max_body,
+        parsePOSTFormSubmission=False,
+        reactor=parts.reactor,
+    )
+    site.report = request_line(parts.metrics, parts.reactor)
+    return site
+
+
+def _webhook_check(config: Config, reactor: Any) -> Any:
+    async def check_webhook(url: str) -> None:
+        problem = check_url(url)
+        if problem is not None:
+            raise BadRequest(f"webhook_url: {problem}", "invalid_webhook_url")
+        if config.webhook_allow_private:
+            return
+        try:
+            await resolve_and_check(reactor, url, False)
+        except InvalidWebhookURL as e:
+            raise BadRequest(f"webhook_url: {e}", "invalid_webhook_url") from None
+
+    return check_webhook
+
+
+def _waker(config: Config) -> Any:
+    mac = config.wol_mac
+    if mac is None:
+        return None
+
+    def wake() -> None:
+        send_magic_packet(mac, config.wol_broadcast)
+
+    return wake

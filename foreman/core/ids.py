@@ -1,0 +1,77 @@
+"""Sortable unique ids: ``job_`` + 26 Crockford base32 characters (ULID layout).
+
+48 bits of milliseconds then 80 random bits: ids sort by creation time, so
+``GET /jobs`` pages newest-first by id alone, and they are unguessable enough
+that one job's id says nothing about another's.
+
+The caller passes the time (the core never reads the clock), and ids are made
+on both the reactor thread and the database thread, so the "last id" state
+sits behind a lock: without it two threads could read the same last value and
+hand out the same id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+from attrs import define, field
+
+__all__ = ["JOB_ID", "IdGenerator", "new_job_id", "new_message_id"]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+JOB_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+@define
+class IdGenerator:
+    """Makes ULIDs that are strictly increasing across every thread using it.
+
+    Within one millisecond (or when ``now`` goes backwards) the random part of
+    the last id is incremented instead of drawn, so ids still sort in the
+    order they were made.
+    """
+
+    _lock: threading.Lock = field(factory=threading.Lock, init=False, repr=False)
+    _last_ms: int = field(default=0, init=False)
+    _last_rand: int = field(default=0, init=False)
+
+    def ulid(self, now: float) -> str:
+        """The next 26-character ULID for Unix time ``now`` (seconds)."""
+        ms = int(now * 1000)
+        with self._lock:
+            if ms <= self._last_ms:
+                ms = self._last_ms
+                rand = self._last_rand + 1
+            else:
+                rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
+            self._last_ms, self._last_rand = ms, rand
+        return _encode(ms, 10) + _encode(rand, 16)
+
+    def job_id(self, now: float) -> str:
+        return "job_" + self.ulid(now)
+
+    def message_id(self, now: float) -> str:
+        return "msg_" + self.ulid(now)
+
+
+_shared = IdGenerator()
+
+
+def new_job_id(now: float) -> str:
+    """A job id for a job created at ``now`` (Unix seconds)."""
+    return _shared.job_id(now)
+
+
+def new_message_id(now: float) -> str:
+    """A Standard Webhooks message id (``msg_…``), stable across retries of one event."""
+    return _shared.message_id(now)

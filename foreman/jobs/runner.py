@@ -1,0 +1,386 @@
+"""Runs one durable job attempt against the target: load, generate, record.
+
+Called by the worker with the id of a job the scheduler picked. The attempt
+moves the job ``queued → loading → working → done`` and, when something goes
+wrong, asks the pure state machine (``foreman.core.jobstate``) whether to retry,
+wait for the target or fail. Artifacts are written before ``done`` is
+committed, so a ``done`` job always has them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import treq
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from foreman.core import jobstate
+from foreman.core.assemble import Assembler
+from foreman.core.framing import NDJSONDecoder, SSEDecoder
+from foreman.core.jobview import RESULT_INLINE_LIMIT
+from foreman.core.records import JobRow
+from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.hub import Progress
+from foreman.store.jobs import StateChange
+from foreman.target.call import RESET, SHUTDOWN, UNREACHABLE, TargetCall, TargetError
+from foreman.target.upstream import Upstream
+
+if TYPE_CHECKING:
+    from foreman.jobs.service import JobService
+
+__all__ = ["JobRunner", "job_wants_stream", "preload_request", "wire_request"]
+
+_log = Logger()
+
+# endpoints whose stream foreman can assemble into the non-streaming response
+_ASSEMBLED = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
+_NATIVE_STREAMING = frozenset({"/api/chat", "/api/generate"})
+_OPENAI_STREAMING = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
+_CHAT_LIKE = frozenset({"/api/chat", "/v1/chat/completions", "/v1/responses", "/v1/messages"})
+_GENERATE_LIKE = frozenset({"/api/generate", "/v1/completions"})
+
+
+def job_wants_stream(endpoint: str, request: dict[str, Any]) -> bool:
+    """Would the job's own request stream, by Ollama's defaults for that route?"""
+    if endpoint in _NATIVE_STREAMING:
+        return request.get("stream", True) is not False
+    if endpoint in _OPENAI_STREAMING:
+        return request.get("stream", False) is True
+    return False
+
+
+def wire_request(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The body foreman sends: streaming forced where it can assemble the result."""
+    if endpoint not in _ASSEMBLED:
+        return request
+    body = dict(request)
+    body["stream"] = True
+    if endpoint.startswith("/v1/"):
+        options = dict(body.get("stream_options") or {})
+        options.setdefault("include_usage", True)
+        body["stream_options"] = options
+    return body
+
+
+def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Ollama's explicit load for the job's model (no prompt), or None when there is none.
+
+    Native requests keep their ``keep_alive`` and ``options`` so the load uses the
+    same allocation the generation will (a different ``num_ctx`` would reload).
+    """
+    model = request["model"]
+    native = endpoint.startswith("/api/")
+    extra: dict[str, Any] = {}
+    if native:
+        for key in ("keep_alive", "options"):
+            if key in request:
+                extra[key] = request[key]
+    if endpoint in _CHAT_LIKE:
+        return "/api/chat", {"model": model, "messages": [], "stream": False, **extra}
+    if endpoint in _GENERATE_LIKE:
+        return "/api/generate", {"model": model, "stream": False, **extra}
+    return None  # embeddings: the request itself loads the model
+
+
+def _ps_names(body: bytes) -> set[str]:
+    try:
+        models = json.loads(body).get("models") or []
+    except (ValueError, AttributeError):
+        return set()
+    names: set[str] = set()
+    for m in models:
+        for key in ("name", "model"):
+            if isinstance(m.get(key), str):
+                names.add(_canonical(m[key]))
+    return names
+
+
+def _canonical(model: str) -> str:
+    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        upstream: Upstream,
+        token: str | None,
+        jobs: JobService,
+        artifacts: ArtifactStore,
+        max_attempts: int,
+        on_unreachable: Callable[[str], None],
+        idle_timeout: float = 900.0,
+    ) -> None:
+        self._reactor = reactor
+        self._upstream = upstream
+        self._token = token
+        self._jobs = jobs
+        self._artifacts = artifacts
+        self._max_attempts = max_attempts
+        self._on_unreachable = on_unreachable
+        self._idle_timeout = idle_timeout
+        self._call: TargetCall | None = None
+        self.on_load: Callable[[str, float], None] | None = None
+        self.job_id: str | None = None
+        self.phase: str | None = None
+        self.tokens = 0
+
+    def abort(self, reason: TargetError | None = None) -> None:
+        """Abort the target call of the running attempt (cancel, shutdown)."""
+        if self._call is not None:
+            self._call.abort(reason)
+
+    async def run(self, job_id: str) -> str | None:
+        """One attempt; returns the model now resident when it got that far."""
+        self.job_id, self.tokens, self.phase = job_id, 0, "loading"
+        try:
+            return await self._attempt(job_id)
+        finally:
+            self.job_id, self._call, self.phase = None, None, None
+
+    async def _attempt(self, job_id: str) -> str | None:
+        row = await self._jobs.get_row(job_id)
+        if row is None or row.state != "queued":
+            return None
+        now = time.time()
+        row = await self._jobs.change(
+            StateChange(
+                job_id,
+                frozenset({"queued"}),
+                "loading",
+                now,
+                (
+                    ("started_at", now),
+                    ("error_code", None),
+                    ("error_message", None),
+                    ("not_before", None),
+                ),
+            )
+        )
+        if row is None:  # cancelled meanwhile
+            return None
+        request = row.request_body()
+        model = row.model
+        try:
+            await self._load(row, request)
+            now = time.time()
+            working = await self._jobs.change(
+                StateChange(job_id, frozenset({"loading"}), "working", now, (("working_at", now),))
+            )
+            if working is None:  # cancelled while loading; the model is loaded all the same
+                return model
+            self.phase = "working"
+            await self._generate(working, request)
+        except TargetError as e:
+            await self._after_error(job_id, e)
+            return None
+        return model
+
+    async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
+        preload = preload_request(row.endpoint, request)
+        if preload is None or await self._resident(row.model):
+            return
+        path, body = preload
+        started = time.monotonic()
+        await self._target(path, body, lambda data: None)
+        if self.on_load is not None:
+            self.on_load(row.model, time.monotonic() - started)
+
+    async def _resident(self, model: str) -> bool:
+        chunks: list[bytes] = []
+        try:
+            headers = Headers({b"User-Agent": [b"foreman-worker"]})
+            if self._token:
+                headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
+            response = await self._upstream.agent.request(
+                b"GET", self._upstream.url(b"/api/ps"), headers
+            )
+            body = await treq.content(response)
+            if response.code != 200:
+                return False
+            chunks.append(body)
+        except Exception:
+            return False
+        return _canonical(model) in _ps_names(b"".join(chunks))
+
+    async def _target(
+        self, path: str, body: dict[str, Any], on_data: Callable[[bytes], None]
+    ) -> int:
+        call = TargetCall(
+            self._reactor,
+            self._upstream,
+            self._token,
+            path,
+            json.dumps(body).encode(),
+            on_data,
+            self._idle_timeout,
+        )
+        self._call = call
+        try:
+            return await call.run()
+        finally:
+            self._call = None
+
+    async def _generate(self, row: JobRow, request: dict[str, Any]) -> None:
+        endpoint = row.endpoint
+        assembler = Assembler(endpoint)
+        keep_raw = job_wants_stream(endpoint, request)
+        raw: list[bytes] = []
+        whole: list[bytes] = []
+        sse = endpoint.startswith("/v1/")
+        ndjson = NDJSONDecoder()
+        events = SSEDecoder()
+        streamed = endpoint in _ASSEMBLED or keep_raw
+        last_progress = 0.0
+
+        def feed(obj: Any) -> None:
+            nonlocal last_progress
+            assembler.feed_chunk(obj)
+            self.tokens = assembler.tokens
+            now = time.monotonic()
+            if now - last_progress >= 0.2:
+                last_progress = now
+                self._jobs.hub.publish(row.id, Progress(row.id, self.tokens))
+
+        def decode(data: bytes) -> None:
+            if sse:
+                for event in events.feed(data):
+                    if event.data == "[DONE]" or not event.data:
+                        continue
+                    if keep_raw:  # the SSE payloads, one JSON object per line
+                        raw.append(event.data.encode() + b"\n")
+                    feed(json.loads(event.data))
+            else:
+                if keep_raw:  # NDJSON already: keep the target's bytes as they came
+                    raw.append(data)
+                for obj in ndjson.feed(data):
+                    feed(obj)
+
+        def on_data(data: bytes) -> None:
+            if not streamed:
+                whole.append(data)
+                return
+            try:
+                decode(data)
+            except ValueError as e:  # FramingError, bad JSON in an SSE event
+                self.abort(TargetError("stream_error", f"target sent a malformed stream: {e}"))
+
+        await self._target(endpoint, wire_request(endpoint, request), on_data)
+        try:
+            if not streamed:
+                assembler.feed_chunk(json.loads(b"".join(whole)))
+            elif not sse:
+                for obj in ndjson.flush():
+                    feed(obj)
+        except ValueError as e:
+            raise TargetError("stream_error", f"target sent a malformed body: {e}") from None
+        if assembler.error is not None:
+            raise TargetError("stream_error", assembler.error)
+        if endpoint in _ASSEMBLED and not assembler.complete:
+            raise TargetError(RESET, "the target's stream ended before its final chunk")
+        result = assembler.result()
+        response_bytes = json.dumps(result, separators=(",", ":")).encode()
+        files = {"response.json": response_bytes}
+        if keep_raw:
+            files["stream.ndjson"] = b"".join(raw)
+        try:
+            listing = await self._artifacts.write(row.id, files)
+        except OSError as e:
+            raise TargetError("artifact_write_error", f"could not write artifacts: {e}") from None
+        inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
+        done = await self._jobs.change(
+            StateChange(
+                row.id,
+                frozenset({"working"}),
+                "done",
+                time.time(),
+                (
+                    ("finished_at", time.time()),
+                    ("tokens", assembler.tokens),
+                    ("result", inline),
+                    (
+                        "artifacts",
+                        json.dumps([{"name": i["name"], "size": i["size"]} for i in listing]),
+                    ),
+                ),
+            )
+        )
+        if done is None:  # cancelled while the artifacts were written
+            await self._artifacts.discard([row.id])
+
+    async def _after_error(self, job_id: str, error: TargetError) -> None:
+        row = await self._jobs.get_row(job_id)
+        if row is None or row.terminal:
+            return  # cancelled (or deleted): the canceller recorded it
+        if error.kind == UNREACHABLE:
+            self._on_unreachable(error.message)
+        now = time.time()
+        if error.kind == SHUTDOWN:
+            # not the job's fault: back to the queue as it was, for the next start
+            decision = jobstate.Decision(
+                jobstate.Event.REQUEUE, jobstate.JobState.QUEUED, row.attempts
+            )
+        else:
+            decision = jobstate.after_error(
+                jobstate.JobState(row.state),
+                row.attempts,
+                self._max_attempts,
+                jobstate.ErrorKind(error.kind),
+            )
+        if decision.state is jobstate.JobState.QUEUED:
+            _log.warn(
+                "job {job_id} attempt hit {kind}: {message}; requeued (attempts {attempts})",
+                job_id=job_id,
+                kind=error.kind,
+                message=error.message,
+                attempts=decision.attempts,
+            )
+            changed = await self._jobs.change(
+                StateChange(
+                    job_id,
+                    frozenset({row.state}),
+                    "queued",
+                    now,
+                    (
+                        ("attempts", decision.attempts),
+                        ("not_before", now + decision.delay if decision.delay else None),
+                        ("error_code", error.kind),
+                        ("error_message", error.message),
+                    ),
+                )
+            )
+            if changed is not None:
+                self._jobs.requeue(changed)
+            return
+        code = decision.error_code or error.kind
+        state = decision.state.value
+        _log.warn(
+            "job {job_id} {state}: {code}: {message}",
+            job_id=job_id,
+            state=state,
+            code=code,
+            message=error.message,
+        )
+        await self._jobs.change(
+            StateChange(
+                job_id,
+                frozenset({row.state}),
+                state,
+                now,
+                (
+                    ("attempts", decision.attempts),
+                    ("finished_at", now),
+                    ("error_code", code if state == "failed" else None),
+                    ("error_message", error.message if state == "failed" else None),
+                    ("tokens", self.tokens),
+                ),
+            )
+        )
+        await self._artifacts.discard([job_id])

@@ -1,0 +1,299 @@
+"""The job service: validation, creation, state changes, cancel, delete, recovery.
+
+The HTTP routes and the worker both go through here, so every state change
+takes the same path: one store write (row + event + outbox), then the live
+hub, then whoever waits for outbox work (the webhook delivery loop).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from foreman.core import jobstate
+from foreman.core.errors import BadRequest
+from foreman.core.ids import JOB_ID, new_job_id
+from foreman.core.jobview import job_object
+from foreman.core.records import JobRow, NewJob
+from foreman.core.routeclass import INFERENCE_ROUTES
+from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
+from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.hub import JobHub
+from foreman.store import jobs as sql
+from foreman.store.database import Store
+from foreman.store.jobs import StateChange
+from foreman.work.queue import WorkQueue
+
+__all__ = ["JobService"]
+
+_log = Logger()
+
+INFERENCE_PATHS = frozenset(p.decode() for p in INFERENCE_ROUTES)
+_CREATE_FIELDS = frozenset({"endpoint", "request", "webhook_url", "priority", "metadata"})
+_METADATA_LIMIT = 16 * 1024
+_PRIORITY_RANGE = (-1000, 1000)
+
+
+def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", "malformed_json")
+    unknown = sorted(set(body) - _CREATE_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}", "unknown_field")
+    endpoint = body.get("endpoint", "/api/chat")
+    if not isinstance(endpoint, str) or endpoint not in INFERENCE_PATHS:
+        choices = ", ".join(sorted(INFERENCE_PATHS))
+        raise BadRequest(f"endpoint must be one of: {choices}", "invalid_endpoint")
+    request = body.get("request")
+    if not isinstance(request, dict):
+        raise BadRequest("request is required and must be a JSON object", "missing_field")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("request.model is required", "missing_field")
+    webhook_url = body.get("webhook_url")  # null: no webhook
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise BadRequest("webhook_url must be a string", "invalid_webhook_url")
+    priority = body.get("priority", DEFAULT_JOB_PRIORITY)
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)  # JSON has one number type: 417.0 is the integer 417
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise BadRequest("priority must be an integer", "invalid_priority")
+    if not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
+        raise BadRequest(
+            f"priority must be between {_PRIORITY_RANGE[0]} and {_PRIORITY_RANGE[1]}",
+            "invalid_priority",
+        )
+    metadata = body.get("metadata")
+    if metadata is not None and len(json.dumps(metadata)) > _METADATA_LIMIT:
+        raise BadRequest(f"metadata is over {_METADATA_LIMIT} bytes", "metadata_too_large")
+    return endpoint, request, webhook_url, priority, metadata
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queue: WorkQueue,
+        hub: JobHub,
+        artifacts: ArtifactStore,
+        reactor: Any,
+        public_url: str | None,
+        max_attempts: int,
+        check_webhook: Callable[[str], Any],
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.hub = hub
+        self.artifacts = artifacts
+        self.reactor = reactor
+        self.public_url = public_url
+        self.max_attempts = max_attempts
+        self._check_webhook = check_webhook
+        self.outbox_listeners: list[Callable[[], None]] = []
+        self.transition_listeners: list[Callable[[JobRow, sql.Event], None]] = []
+        self.loaded: Callable[[], str | None] = lambda: None
+        self.live_tokens: Callable[[str], int | None] = lambda job_id: None
+
+    # -- rendering
+
+    def base_url(self, row: JobRow) -> str:
+        return self.public_url or row.base_url or ""
+
+    def render(self, row: JobRow, seq: int | None = None) -> dict[str, Any]:
+        position = None
+        if row.state == "queued":
+            position = self.queue.position(row.id, self.loaded())
+        return job_object(
+            row,
+            self.base_url(row),
+            position=position,
+            tokens=self.live_tokens(row.id) if row.state == "working" else None,
+            seq=seq,
+        )
+
+    # -- reads
+
+    async def get_row(self, job_id: str) -> JobRow | None:
+        if not JOB_ID.match(job_id):
+            return None
+        row: JobRow | None = await self.store.read(lambda c: sql.get_job(c, job_id))
+        return row
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        if not JOB_ID.match(job_id):
+            return None
+
+        def read(c: Any) -> tuple[JobRow | None, dict[str, Any] | None]:
+            return sql.get_job(c, job_id), sql.webhook_summary(c, job_id)
+
+        row, webhook = await self.store.read(read)
+        if row is None:
+            return None
+        body = self.render(row)
+        if webhook is not None:
+            body["webhook"] = webhook
+        return body
+
+    async def list_page(
+        self, state: str | None, model: str | None, after: str | None, limit: int
+    ) -> dict[str, Any]:
+        rows, has_more = await self.store.read(
+            lambda c: sql.list_jobs(c, state, model, after, limit)
+        )
+        data = [self.render(r) for r in rows]
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": has_more,
+            "next_after": rows[-1].id if has_more and rows else None,
+        }
+
+    async def events_after(self, job_id: str, seq: int) -> list[sql.Event]:
+        found: list[sql.Event] = await self.store.read(lambda c: sql.events_after(c, job_id, seq))
+        return found
+
+    # -- writes
+
+    async def create(
+        self, body: Any, idempotency_key: str | None, request_base: str
+    ) -> tuple[dict[str, Any], bool]:
+        endpoint, request, webhook_url, priority, metadata = _validate_create(body)
+        if webhook_url is not None:
+            await self._check_webhook(webhook_url)
+        now = time.time()
+        new = NewJob(
+            id=new_job_id(now),
+            endpoint=endpoint,
+            model=request["model"],
+            priority=priority,
+            request=json.dumps(request, separators=(",", ":")),
+            metadata=json.dumps(metadata) if metadata is not None else None,
+            webhook_url=webhook_url,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=sql.request_hash(body),
+            base_url=request_base,
+        )
+        row, created, event = await self.store.write(
+            lambda c: sql.insert_job(c, new, self._render_for_event)
+        )
+        if created:
+            self.queue.add_job(row.id, row.model, row.priority, row.created_at, None)
+            self._published(row, event)
+        return self.render(row), created
+
+    def _render_for_event(self, row: JobRow, seq: int) -> dict[str, Any]:
+        # runs on the store thread: no scheduler access (position comes from the live view)
+        return job_object(row, self.base_url(row), seq=seq)
+
+    async def change(self, change: StateChange) -> JobRow | None:
+        row, event = await self.store.write(
+            lambda c: sql.change_state(c, change, self._render_for_event)
+        )
+        if row is not None:
+            self._published(row, event)
+        return row
+
+    def _published(self, row: JobRow, event: sql.Event | None) -> None:
+        if event is None:
+            return
+        for on_transition in self.transition_listeners:
+            on_transition(row, event)
+        self.hub.publish(row.id, event)
+        if row.webhook_url:
+            for poke in self.outbox_listeners:
+                poke()
+
+    def requeue(self, row: JobRow) -> None:
+        self.queue.add_job(row.id, row.model, row.priority, row.created_at, row.not_before)
+
+    async def cancel(
+        self, job_id: str, abort_running: Callable[[str], None]
+    ) -> tuple[JobRow | None, bool]:
+        """Cancel a queued or running job: (row, cancelled by this call); row None if unknown."""
+        row = await self.get_row(job_id)
+        if row is None or row.terminal:
+            return row, False
+        now = time.time()
+        changed = await self.change(
+            StateChange(
+                job_id,
+                frozenset({"queued", "loading", "working"}),
+                "cancelled",
+                now,
+                (("finished_at", now), ("error_code", None), ("error_message", None)),
+            )
+        )
+        if changed is None:
+            return await self.get_row(job_id), False  # finished meanwhile
+        self.queue.remove_job(job_id)
+        if row.state != "queued":
+            abort_running(job_id)
+        return changed, True
+
+    async def delete(self, job_id: str) -> str:
+        """'deleted', 'missing' or 'active' (not finished: refuse)."""
+        row = await self.get_row(job_id)
+        if row is None:
+            return "missing"
+        if not row.terminal:
+            return "active"
+        deleted = await self.store.write(lambda c: sql.delete_job(c, job_id))
+        if not deleted:
+            return "active"
+        await self.artifacts.discard([job_id])
+        return "deleted"
+
+    # -- start and housekeeping
+
+    async def recover(self) -> tuple[int, int]:
+        """Interrupted attempts back to the queue (or failed past max attempts); load queue.
+
+        Returns (recovered, queued).
+        """
+        interrupted: list[JobRow] = await self.store.read(sql.interrupted_jobs)
+        now = time.time()
+        for row in interrupted:
+            decision = jobstate.recover_on_start(
+                jobstate.JobState(row.state), row.attempts, self.max_attempts
+            )
+            if decision is None:
+                continue
+            failed = decision.state is jobstate.JobState.FAILED
+            fields: tuple[tuple[str, Any], ...] = (
+                ("attempts", decision.attempts),
+                ("error_code", decision.error_code if failed else "interrupted"),
+                (
+                    "error_message",
+                    f"interrupted {decision.attempts} times (foreman stopped mid-attempt)"
+                    if failed
+                    else "foreman stopped during the attempt; retrying",
+                ),
+            )
+            if failed:
+                fields += (("finished_at", now),)
+            await self.change(
+                StateChange(row.id, frozenset({row.state}), decision.state.value, now, fields)
+            )
+        if interrupted:
+            await self.artifacts.discard([r.id for r in interrupted])
+        queued = await self.store.read(sql.queued_jobs)
+        self.queue.add_jobs(queued)
+        return len(interrupted), len(queued)
+
+    async def purge(self, retention: float) -> int:
+        """Delete finished jobs (and artifacts) older than ``retention`` seconds."""
+        total = 0
+        while True:
+            before = time.time() - retention
+            ids: list[str] = await self.store.read(sql.expired_jobs, before)
+            if not ids:
+                return total
+            await self.store.write(sql.delete_jobs, ids)
+            await self.artifacts.discard(ids)
+            total += len(ids)

@@ -1,0 +1,161 @@
+"""The one ``twisted.web`` site: routing by first path segment, auth, body limit.
+
+foreman's own routes (``/jobs``, ``/status`` …) go to Klein apps; everything
+else goes to the streaming proxy. The choice is made once per request in
+``getResourceFor`` from the raw path, before any resource tree walk, which
+keeps the proxy's hot path short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from foreman.core.routeclass import classify
+from foreman.web.auth import TokenCheck
+from foreman.web.errorbody import error_body, family_of, own_route
+
+__all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
+
+IDLE_CONNECTION_TIMEOUT = 300
+
+
+class _NoDelayChannel(HTTPChannel):
+    """HTTP channel with Nagle off: small writes must not wait for a delayed ACK."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(AttributeError, OSError):  # not TCP: a unix socket
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+
+
+class ForemanRequest(Request):
+    """A request that stops buffering a body beyond the configured limit.
+
+    It also reports itself once, when it ends (finished or abandoned by the
+    client), for the access log and the request metrics.
+    """
+
+    too_large: bool = False
+    _received: int = 0
+    route_class: str = "other"
+    model: str | None = None
+    _reported: bool = False
+    started: float = 0.0
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.started = self.channel.site.reactor.seconds()  # type: ignore[attr-defined]
+        super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        super().finish()  # type: ignore[no-untyped-call]
+        self._report(self.code)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if not self._reported:
+            self._report(499)  # the client went away first (nginx's convention)
+
+    def _report(self, status: int) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        report = getattr(getattr(self, "site", None), "report", None)
+        if report is not None:
+            report(self, status)
+
+    def gotLength(self, length: int | None) -> None:
+        limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
+        if length is not None and length > limit:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._received += len(data)
+        limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
+        if self._received > limit:
+            self.too_large = True
+            if self.content is not None:
+                self.content.seek(0)
+                self.content.truncate()
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+class ErrorResource(Resource):
+    """Answers every method with one error, in the shape the path's clients expect."""
+
+    isLeaf = True
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[bytes, bytes] | None = None
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(self.status)
+        request.setHeader(b"content-type", b"application/json")
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return error_body(family_of(request.path), self.status, self.code, self.message)
+
+
+class ForemanSite(Site):
+    protocol = _NoDelayChannel  # type: ignore[assignment]
+    requestFactory = ForemanRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(
+        self,
+        own: IResource,
+        proxy: IResource,
+        tokens: TokenCheck,
+        max_body: int,
+        **kwargs: Any,
+    ) -> None:
+        # An idle connection (no request in progress) is closed after 5 minutes;
+        # a request in progress — queued or streaming — has no timeout.
+        kwargs.setdefault("timeout", IDLE_CONNECTION_TIMEOUT)
+        super().__init__(own, **kwargs)  # type: ignore[no-untyped-call]
+        self.own = own
+        self.proxy = proxy
+        self.tokens = tokens
+        self.max_body = max_body
+        self.report: Callable[[Any, int], None] | None = None
+
+    def log(self, request: Any) -> None:
+        """Access lines come from foreman's own request logging instead."""
+
+    def getResourceFor(self, request: Any) -> IResource:
+        path: bytes = request.path
+        request.site = self
+        request.sitepath = []
+        request.prepath = []
+        request.postpath = path.split(b"/")[1:]
+        own = own_route(path)
+        request.route_class = "foreman" if own else classify(request.method, path).value
+        if request.too_large:
+            return ErrorResource(
+                413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
+            )
+        if not self.tokens.allows(path, request.getHeader(b"authorization")):
+            return ErrorResource(
+                401,
+                "unauthorized",
+                "missing or wrong Bearer token",
+                {b"www-authenticate": b'Bearer realm="foreman"'},
+            )
+        return self.own if own else self.proxy
