@@ -1,9 +1,9 @@
-"""Observability hooks: access log lines, job transition lines, live metric values.
+"""Observability hooks: access log lines and the live values metrics read at scrape time.
 
 One log line per HTTP request (method, path, status, duration, route class,
-and the queue wait of inference requests) and one per job state change (job
-id, state, model, attempts, error), so a slow or failing target shows in the
-logs without debug mode. Both also feed the Prometheus metrics.
+and the queue wait of inference requests), so a slow or failing target shows
+in the logs without debug mode; it also feeds the request metrics. Job
+transitions are logged and counted by their one writer, ``JobService.apply``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from foreman.core.records import Event, JobRow
 from foreman.ops.metrics import Metrics
 
 if TYPE_CHECKING:
     from foreman.app.parts import Parts
 
-__all__ = ["live_state", "request_line", "transition_line"]
+__all__ = ["live_state", "request_line"]
 
 _access = Logger(namespace="foreman.access")
-_jobs = Logger(namespace="foreman.jobs")
 
 
 def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
@@ -47,25 +45,6 @@ def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
         )
 
     return report
-
-
-def transition_line(metrics: Metrics) -> Callable[[JobRow, Event], None]:
-    def on_transition(row: JobRow, event: Event) -> None:
-        state = row.state
-        metrics.transition(state)
-        error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
-        _jobs.info(
-            "job {job_id} {state} model={model} attempts={attempts}{error_text}",
-            job_id=row.id,
-            state=state,
-            model=row.model,
-            attempts=row.attempts,
-            endpoint=row.endpoint,
-            error_code=row.error_code,
-            error_text=error,
-        )
-
-    return on_transition
 
 
 def live_state(parts: Parts) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from foreman.app.config import Config
-from foreman.app.observe import live_state, request_line, transition_line
+from foreman.app.observe import live_state, request_line
 from foreman.app.parts import Parts
 from foreman.core.errors import BadRequest
 from foreman.core.scheduler import Scheduler
@@ -52,12 +52,11 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         hub=hub,
         artifacts=artifacts,
         reactor=reactor,
+        metrics=metrics,
         public_url=config.public_url,
         max_attempts=config.max_attempts,
         check_webhook=_webhook_check(config, reactor),
     )
-    # before anything can change a job (recovery included): every transition is seen
-    jobs.transition_listeners.append(transition_line(metrics))
     runner = JobRunner(
         reactor=reactor,
         upstream=upstream,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from enum import StrEnum
+from typing import Any
 
 from attrs import frozen
 
@@ -105,6 +106,7 @@ class ErrorKind(StrEnum):
     STREAM_ERROR = "stream_error"  # an {"error": ...} object inside a 200 stream
     ARTIFACT_WRITE_ERROR = "artifact_write_error"
     CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"  # foreman stopped the attempt: not the job's fault
 
 
 RETRYABLE: frozenset[ErrorKind] = frozenset(
@@ -179,6 +181,8 @@ def after_error(
         return Decision(Event.CANCEL, JobState.CANCELLED, attempts)
     if kind is ErrorKind.TARGET_UNREACHABLE:
         return Decision(Event.REQUEUE, JobState.QUEUED, attempts, wait_for_target=True)
+    if kind is ErrorKind.SHUTDOWN:
+        return Decision(Event.REQUEUE, JobState.QUEUED, attempts)
     used = _use_one(attempts, max_attempts)
     if kind in RETRYABLE:
         if used >= max_attempts:
@@ -202,3 +206,130 @@ def recover_on_start(state: JobState, attempts: int, max_attempts: int) -> Decis
     if used >= max_attempts:
         return _fail(used, CODE_TOO_MANY_ATTEMPTS)
     return Decision(Event.REQUEUE, JobState.QUEUED, used)
+
+
+# -- transitions: the only way a job's state is written ---------------------
+
+
+@frozen
+class Transition:
+    """One state change, applied only while the job is still in one of ``sources``.
+
+    Built by the constructors below, never by hand: ``sources`` and ``target``
+    come from ``TRANSITIONS``, so the table is what the store enforces (a
+    compare-and-set on the current state), and ``fields`` are the columns the
+    change sets with it.
+    """
+
+    job_id: str
+    event: Event
+    sources: frozenset[JobState]
+    target: JobState
+    at: float
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+SOURCES: dict[Event, frozenset[JobState]] = {
+    event: frozenset(s for (s, e) in TRANSITIONS if e is event) for event in Event
+}
+
+
+def plan(
+    job_id: str,
+    event: Event,
+    at: float,
+    fields: tuple[tuple[str, Any], ...] = (),
+    *,
+    source: JobState | None = None,
+) -> Transition:
+    """``event`` for ``job_id``, from any state the table allows or from ``source`` only."""
+    if source is None:
+        sources = SOURCES[event]
+    else:
+        transition(source, event)  # raises IllegalTransition
+        sources = frozenset({JobState(source)})
+    (target,) = {TRANSITIONS[(s, event)] for s in sources}
+    return Transition(job_id, event, sources, target, at, fields)
+
+
+def start_loading(job_id: str, now: float) -> Transition:
+    clear = (("error_code", None), ("error_message", None), ("not_before", None))
+    return plan(job_id, Event.START_LOADING, now, (("started_at", now), *clear))
+
+
+def start_working(job_id: str, now: float) -> Transition:
+    return plan(job_id, Event.START_WORKING, now, (("working_at", now),))
+
+
+def succeed(job_id: str, now: float, tokens: int, result: str | None, artifacts: str) -> Transition:
+    """``result``: the inline response (None when too large); ``artifacts``: JSON listing."""
+    fields = (
+        ("finished_at", now),
+        ("tokens", tokens),
+        ("result", result),
+        ("artifacts", artifacts),
+    )
+    return plan(job_id, Event.SUCCEED, now, fields)
+
+
+def cancel(job_id: str, now: float) -> Transition:
+    fields = (("finished_at", now), ("error_code", None), ("error_message", None))
+    return plan(job_id, Event.CANCEL, now, fields)
+
+
+def attempt_failed(
+    job_id: str,
+    state: JobState,
+    attempts: int,
+    max_attempts: int,
+    kind: ErrorKind,
+    message: str,
+    now: float,
+    tokens: int,
+    *,
+    rng: random.Random | None = None,
+) -> Transition:
+    """The transition after a running attempt ended with ``kind`` (see ``after_error``)."""
+    kind = ErrorKind(kind)
+    decision = after_error(state, attempts, max_attempts, kind, rng=rng)
+    if decision.event is Event.REQUEUE:
+        not_before = now + decision.delay if decision.delay else None
+        fields: tuple[tuple[str, Any], ...] = (
+            ("attempts", decision.attempts),
+            ("not_before", not_before),
+            ("error_code", kind.value),
+            ("error_message", message),
+        )
+    else:
+        failed = decision.state is JobState.FAILED
+        fields = (
+            ("attempts", decision.attempts),
+            ("finished_at", now),
+            ("error_code", (decision.error_code or kind.value) if failed else None),
+            ("error_message", message if failed else None),
+            ("tokens", tokens),
+        )
+    return plan(job_id, decision.event, now, fields, source=state)
+
+
+def recovered(
+    job_id: str, state: JobState, attempts: int, max_attempts: int, now: float
+) -> Transition | None:
+    """For a job found at start-up (see ``recover_on_start``); None when nothing changes."""
+    decision = recover_on_start(state, attempts, max_attempts)
+    if decision is None:
+        return None
+    failed = decision.state is JobState.FAILED
+    fields: tuple[tuple[str, Any], ...] = (
+        ("attempts", decision.attempts),
+        ("error_code", decision.error_code if failed else "interrupted"),
+        (
+            "error_message",
+            f"interrupted {decision.attempts} times (foreman stopped mid-attempt)"
+            if failed
+            else "foreman stopped during the attempt; retrying",
+        ),
+    )
+    if failed:
+        fields += (("finished_at", now),)
+    return plan(job_id, decision.event, now, fields, source=state)

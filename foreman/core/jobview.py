@@ -6,6 +6,7 @@ import datetime
 import json
 from typing import Any
 
+from foreman.core.jobstate import JobState
 from foreman.core.records import JobRow
 
 __all__ = ["ARTIFACT_TYPES", "RESULT_INLINE_LIMIT", "job_object", "rfc3339"]
@@ -67,8 +68,8 @@ def job_object(
         "created_at": rfc3339(row.created_at),
         "started_at": rfc3339(row.started_at),
         "finished_at": rfc3339(row.finished_at),
-        "position": position if row.state == "queued" else None,
-        "progress": {"tokens": count} if row.state == "working" or count else None,
+        "position": position if row.state == JobState.QUEUED else None,
+        "progress": {"tokens": count} if row.state == JobState.WORKING or count else None,
         "artifacts": artifact_list(row, base_url),
         "result": json.loads(row.result) if row.result else None,
     }

@@ -10,7 +10,6 @@ committed, so a ``done`` job always has them.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +24,7 @@ from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import Progress
-from foreman.store.jobs import StateChange
-from foreman.target.call import RESET, SHUTDOWN, UNREACHABLE, TargetCall, TargetError
+from foreman.target.call import RESET, UNREACHABLE, TargetCall, TargetError
 from foreman.target.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -119,6 +117,7 @@ class JobRunner:
         idle_timeout: float = 900.0,
     ) -> None:
         self._reactor = reactor
+        self._clock = reactor  # IReactorTime: every time the runner reads
         self._upstream = upstream
         self._token = token
         self._jobs = jobs
@@ -147,33 +146,16 @@ class JobRunner:
 
     async def _attempt(self, job_id: str) -> str | None:
         row = await self._jobs.get_row(job_id)
-        if row is None or row.state != "queued":
+        if row is None or row.state != jobstate.JobState.QUEUED:
             return None
-        now = time.time()
-        row = await self._jobs.change(
-            StateChange(
-                job_id,
-                frozenset({"queued"}),
-                "loading",
-                now,
-                (
-                    ("started_at", now),
-                    ("error_code", None),
-                    ("error_message", None),
-                    ("not_before", None),
-                ),
-            )
-        )
+        row = await self._jobs.apply(jobstate.start_loading(job_id, self._clock.seconds()))
         if row is None:  # cancelled meanwhile
             return None
         request = row.request_body()
         model = row.model
         try:
             await self._load(row, request)
-            now = time.time()
-            working = await self._jobs.change(
-                StateChange(job_id, frozenset({"loading"}), "working", now, (("working_at", now),))
-            )
+            working = await self._jobs.apply(jobstate.start_working(job_id, self._clock.seconds()))
             if working is None:  # cancelled while loading; the model is loaded all the same
                 return model
             self.phase = "working"
@@ -188,10 +170,10 @@ class JobRunner:
         if preload is None or await self._resident(row.model):
             return
         path, body = preload
-        started = time.monotonic()
+        started = self._clock.seconds()
         await self._target(path, body, lambda data: None)
         if self.on_load is not None:
-            self.on_load(row.model, time.monotonic() - started)
+            self.on_load(row.model, self._clock.seconds() - started)
 
     async def _resident(self, model: str) -> bool:
         chunks: list[bytes] = []
@@ -244,7 +226,7 @@ class JobRunner:
             nonlocal last_progress
             assembler.feed_chunk(obj)
             self.tokens = assembler.tokens
-            now = time.monotonic()
+            now = self._clock.seconds()
             if now - last_progress >= 0.2:
                 last_progress = now
                 self._jobs.hub.publish(row.id, Progress(row.id, self.tokens))
@@ -295,22 +277,9 @@ class JobRunner:
         except OSError as e:
             raise TargetError("artifact_write_error", f"could not write artifacts: {e}") from None
         inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
-        done = await self._jobs.change(
-            StateChange(
-                row.id,
-                frozenset({"working"}),
-                "done",
-                time.time(),
-                (
-                    ("finished_at", time.time()),
-                    ("tokens", assembler.tokens),
-                    ("result", inline),
-                    (
-                        "artifacts",
-                        json.dumps([{"name": i["name"], "size": i["size"]} for i in listing]),
-                    ),
-                ),
-            )
+        listed = json.dumps([{"name": i["name"], "size": i["size"]} for i in listing])
+        done = await self._jobs.apply(
+            jobstate.succeed(row.id, self._clock.seconds(), assembler.tokens, inline, listed)
         )
         if done is None:  # cancelled while the artifacts were written
             await self._artifacts.discard([row.id])
@@ -321,66 +290,35 @@ class JobRunner:
             return  # cancelled (or deleted): the canceller recorded it
         if error.kind == UNREACHABLE:
             self._on_unreachable(error.message)
-        now = time.time()
-        if error.kind == SHUTDOWN:
-            # not the job's fault: back to the queue as it was, for the next start
-            decision = jobstate.Decision(
-                jobstate.Event.REQUEUE, jobstate.JobState.QUEUED, row.attempts
-            )
-        else:
-            decision = jobstate.after_error(
-                jobstate.JobState(row.state),
-                row.attempts,
-                self._max_attempts,
-                jobstate.ErrorKind(error.kind),
-            )
-        if decision.state is jobstate.JobState.QUEUED:
+        transition = jobstate.attempt_failed(
+            job_id,
+            jobstate.JobState(row.state),
+            row.attempts,
+            self._max_attempts,
+            jobstate.ErrorKind(error.kind),
+            error.message,
+            self._clock.seconds(),
+            self.tokens,
+        )
+        if transition.target is jobstate.JobState.QUEUED:
             _log.warn(
                 "job {job_id} attempt hit {kind}: {message}; requeued (attempts {attempts})",
                 job_id=job_id,
                 kind=error.kind,
                 message=error.message,
-                attempts=decision.attempts,
+                attempts=dict(transition.fields)["attempts"],
             )
-            changed = await self._jobs.change(
-                StateChange(
-                    job_id,
-                    frozenset({row.state}),
-                    "queued",
-                    now,
-                    (
-                        ("attempts", decision.attempts),
-                        ("not_before", now + decision.delay if decision.delay else None),
-                        ("error_code", error.kind),
-                        ("error_message", error.message),
-                    ),
-                )
-            )
+            changed = await self._jobs.apply(transition)
             if changed is not None:
                 self._jobs.requeue(changed)
             return
-        code = decision.error_code or error.kind
-        state = decision.state.value
+        fields = dict(transition.fields)
         _log.warn(
             "job {job_id} {state}: {code}: {message}",
             job_id=job_id,
-            state=state,
-            code=code,
+            state=transition.target.value,
+            code=fields["error_code"] or error.kind,
             message=error.message,
         )
-        await self._jobs.change(
-            StateChange(
-                job_id,
-                frozenset({row.state}),
-                state,
-                now,
-                (
-                    ("attempts", decision.attempts),
-                    ("finished_at", now),
-                    ("error_code", code if state == "failed" else None),
-                    ("error_message", error.message if state == "failed" else None),
-                    ("tokens", self.tokens),
-                ),
-            )
-        )
+        await self._jobs.apply(transition)
         await self._artifacts.discard([job_id])

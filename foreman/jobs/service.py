@@ -1,14 +1,15 @@
 """The job service: validation, creation, state changes, cancel, delete, recovery.
 
-The HTTP routes and the worker both go through here, so every state change
-takes the same path: one store write (row + event + outbox), then the live
-hub, then whoever waits for outbox work (the webhook delivery loop).
+``apply`` is the one writer of job states. The HTTP routes, the runner and
+start-up recovery hand it a ``core.jobstate.Transition`` (built from the
+state table); it commits the row, the event and the outbox entry in one
+transaction, then logs the transition, counts it, publishes it to live
+listeners and wakes the webhook delivery: every transition, the same path.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,14 +24,15 @@ from foreman.core.routeclass import INFERENCE_ROUTES
 from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import JobHub
+from foreman.ops.metrics import Metrics
 from foreman.store import jobs as sql
 from foreman.store.database import Store
-from foreman.store.jobs import StateChange
 from foreman.work.queue import WorkQueue
 
 __all__ = ["JobService"]
 
 _log = Logger()
+_transitions = Logger(namespace="foreman.jobs")
 
 INFERENCE_PATHS = frozenset(p.decode() for p in INFERENCE_ROUTES)
 _CREATE_FIELDS = frozenset({"endpoint", "request", "webhook_url", "priority", "metadata"})
@@ -82,6 +84,7 @@ class JobService:
         hub: JobHub,
         artifacts: ArtifactStore,
         reactor: Any,
+        metrics: Metrics,
         public_url: str | None,
         max_attempts: int,
         check_webhook: Callable[[str], Any],
@@ -91,11 +94,11 @@ class JobService:
         self.hub = hub
         self.artifacts = artifacts
         self.reactor = reactor
+        self._metrics = metrics
         self.public_url = public_url
         self.max_attempts = max_attempts
         self._check_webhook = check_webhook
         self.outbox_listeners: list[Callable[[], None]] = []
-        self.transition_listeners: list[Callable[[JobRow, sql.Event], None]] = []
         self.loaded: Callable[[], str | None] = lambda: None
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
 
@@ -106,13 +109,13 @@ class JobService:
 
     def render(self, row: JobRow, seq: int | None = None) -> dict[str, Any]:
         position = None
-        if row.state == "queued":
+        if row.state == jobstate.JobState.QUEUED:
             position = self.queue.position(row.id, self.loaded())
         return job_object(
             row,
             self.base_url(row),
             position=position,
-            tokens=self.live_tokens(row.id) if row.state == "working" else None,
+            tokens=self.live_tokens(row.id) if row.state == jobstate.JobState.WORKING else None,
             seq=seq,
         )
 
@@ -165,7 +168,7 @@ class JobService:
         endpoint, request, webhook_url, priority, metadata = _validate_create(body)
         if webhook_url is not None:
             await self._check_webhook(webhook_url)
-        now = time.time()
+        now = self.reactor.seconds()
         new = NewJob(
             id=new_job_id(now),
             endpoint=endpoint,
@@ -191,19 +194,30 @@ class JobService:
         # runs on the store thread: no scheduler access (position comes from the live view)
         return job_object(row, self.base_url(row), seq=seq)
 
-    async def change(self, change: StateChange) -> JobRow | None:
+    async def apply(self, transition: jobstate.Transition) -> JobRow | None:
+        """Write ``transition``; None when the job left its source states meanwhile."""
         row, event = await self.store.write(
-            lambda c: sql.change_state(c, change, self._render_for_event)
+            lambda c: sql.change_state(c, transition, self._render_for_event)
         )
-        if row is not None:
+        if row is not None and event is not None:
             self._published(row, event)
         return row
 
     def _published(self, row: JobRow, event: sql.Event | None) -> None:
         if event is None:
             return
-        for on_transition in self.transition_listeners:
-            on_transition(row, event)
+        self._metrics.transition(row.state)
+        error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
+        _transitions.info(
+            "job {job_id} {state} model={model} attempts={attempts}{error_text}",
+            job_id=row.id,
+            state=row.state,
+            model=row.model,
+            attempts=row.attempts,
+            endpoint=row.endpoint,
+            error_code=row.error_code,
+            error_text=error,
+        )
         self.hub.publish(row.id, event)
         if row.webhook_url:
             for poke in self.outbox_listeners:
@@ -219,20 +233,11 @@ class JobService:
         row = await self.get_row(job_id)
         if row is None or row.terminal:
             return row, False
-        now = time.time()
-        changed = await self.change(
-            StateChange(
-                job_id,
-                frozenset({"queued", "loading", "working"}),
-                "cancelled",
-                now,
-                (("finished_at", now), ("error_code", None), ("error_message", None)),
-            )
-        )
+        changed = await self.apply(jobstate.cancel(job_id, self.reactor.seconds()))
         if changed is None:
             return await self.get_row(job_id), False  # finished meanwhile
         self.queue.remove_job(job_id)
-        if row.state != "queued":
+        if row.state != jobstate.JobState.QUEUED:
             abort_running(job_id)
         return changed, True
 
@@ -257,29 +262,13 @@ class JobService:
         Returns (recovered, queued).
         """
         interrupted: list[JobRow] = await self.store.read(sql.interrupted_jobs)
-        now = time.time()
+        now = self.reactor.seconds()
         for row in interrupted:
-            decision = jobstate.recover_on_start(
-                jobstate.JobState(row.state), row.attempts, self.max_attempts
+            transition = jobstate.recovered(
+                row.id, jobstate.JobState(row.state), row.attempts, self.max_attempts, now
             )
-            if decision is None:
-                continue
-            failed = decision.state is jobstate.JobState.FAILED
-            fields: tuple[tuple[str, Any], ...] = (
-                ("attempts", decision.attempts),
-                ("error_code", decision.error_code if failed else "interrupted"),
-                (
-                    "error_message",
-                    f"interrupted {decision.attempts} times (foreman stopped mid-attempt)"
-                    if failed
-                    else "foreman stopped during the attempt; retrying",
-                ),
-            )
-            if failed:
-                fields += (("finished_at", now),)
-            await self.change(
-                StateChange(row.id, frozenset({row.state}), decision.state.value, now, fields)
-            )
+            if transition is not None:
+                await self.apply(transition)
         if interrupted:
             await self.artifacts.discard([r.id for r in interrupted])
         queued = await self.store.read(sql.queued_jobs)
@@ -290,7 +279,7 @@ class JobService:
         """Delete finished jobs (and artifacts) older than ``retention`` seconds."""
         total = 0
         while True:
-            before = time.time() - retention
+            before = self.reactor.seconds() - retention
             ids: list[str] = await self.store.read(sql.expired_jobs, before)
             if not ids:
                 return total

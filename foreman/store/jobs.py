@@ -14,10 +14,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from attrs import frozen
-
 from foreman.core.ids import new_message_id
-from foreman.core.jobstate import RUNNING, TERMINAL, JobState
+from foreman.core.jobstate import RUNNING, TERMINAL, JobState, Transition
 from foreman.core.records import Event, IdempotencyConflict, JobRow, NewJob, request_hash
 
 # The value types live in foreman.core.records; they stay importable from here.
@@ -26,7 +24,6 @@ __all__ = [
     "IdempotencyConflict",
     "JobRow",
     "NewJob",
-    "StateChange",
     "change_state",
     "get_job",
     "insert_job",
@@ -103,18 +100,6 @@ def insert_job(
     return row, True, event
 
 
-@frozen
-class StateChange:
-    """A compare-and-set state change: applies only from one of ``from_states``."""
-
-    job_id: str
-    from_states: frozenset[str]
-    to_state: str
-    at: float
-    fields: tuple[tuple[str, Any], ...] = ()
-    emit: bool = True  # record an event (and a webhook) for it
-
-
 _SETTABLE = frozenset(
     {
         "attempts",
@@ -132,17 +117,20 @@ _SETTABLE = frozenset(
 
 
 def change_state(
-    conn: sqlite3.Connection, change: StateChange, render: Any
-) -> tuple[JobRow | None, Event | None]:
-    """Apply ``change``; (None, None) when the job is gone or not in a from-state."""
+    conn: sqlite3.Connection, change: Transition, render: Any
+) -> tuple[JobRow, Event] | tuple[None, None]:
+    """Apply ``change`` and record its event (and webhook) in the same transaction.
+
+    (None, None) when the job is gone or no longer in one of ``change.sources``.
+    """
     sets = ["state = ?"]
-    args: list[Any] = [change.to_state]
+    args: list[Any] = [change.target.value]
     for name, value in change.fields:
         if name not in _SETTABLE:
             raise ValueError(f"not a settable job field: {name}")
         sets.append(f"{name} = ?")
         args.append(value)
-    states = sorted(change.from_states)
+    states = sorted(s.value for s in change.sources)
     cur = conn.execute(
         f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({_marks(states)})",
         (*args, change.job_id, *states),
@@ -151,10 +139,7 @@ def change_state(
         return None, None
     row = get_job(conn, change.job_id)
     assert row is not None
-    event = None
-    if change.emit:
-        event = _record_event(conn, row, f"job.{change.to_state}", change.at, render)
-    return row, event
+    return row, _record_event(conn, row, f"job.{change.target.value}", change.at, render)
 
 
 def _record_event(

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from foreman.core.ids import JOB_ID
+from foreman.core.jobstate import JobState
 from foreman.core.jobview import ARTIFACT_TYPES
 from foreman.store.jobs import IdempotencyConflict
 from foreman.web.httpjson import BadRequest, json_error, json_response, read_json
@@ -24,7 +25,7 @@ from foreman.web.view import DaemonView
 __all__ = ["register"]
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
-_STATES = frozenset({"queued", "loading", "working", "done", "failed", "cancelled"})
+_STATES = frozenset(s.value for s in JobState)
 _MAX_WAIT = 300.0
 _MAX_LIMIT = 1000
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from foreman import __version__
+from foreman.core.jobstate import JobState
 from foreman.core.routeclass import INFERENCE_ROUTES
 
 __all__ = ["openapi_document"]
 
-_STATES = ["queued", "loading", "working", "done", "failed", "cancelled"]
+_STATES = [s.value for s in JobState]
 _JOB_ID = "^job_[0-9A-HJKMNP-TV-Z]{26}$"
 
 
