@@ -513,18 +513,21 @@ def _internal_size(sched: Scheduler) -> int:
     return sum(len(h) for h in s._by_pm.values()) + sum(len(h) for h in s._heads.values())
 
 
-def test_100k_waiting_correct_and_no_garbage_build_up() -> None:
-    """Scale check without timing: 100 000 jobs, churn, lazy deletions stay bounded."""
+def test_many_waiting_correct_and_no_garbage_build_up() -> None:
+    """Scale check without timing: 25 000 jobs, churn, lazy deletions stay bounded.
+
+    The bound does not depend on the size; bench/scheduling.py runs 100 000.
+    """
     rng = random.Random(7)
     sched = Scheduler(600.0)
-    n = 100_000
+    n = 25_000
     for i in range(n):
         sched.add(mk(f"j{i}", f"m{i % 4}", float(i), i, priority=0))
     # drain-by-model: the first 1000 picks are m0's oldest, in order
     got = [sched.pick(1e6, "m0") for _ in range(1000)]
     assert [x.key for x in got if x] == [f"j{4 * i}" for i in range(1000)]
     # churn: interactive clients come and leave, jobs get cancelled
-    for i in range(20_000):
+    for i in range(5_000):
         key = f"i{i}"
         sched.add(mk(key, f"m{rng.randrange(4)}", 1e6, n + i, priority=10, kind=INTERACTIVE))
         if rng.random() < 0.9:
