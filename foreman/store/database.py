@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from foreman.store.migrations import migrate
 
-__all__ = ["Store", "configure_connection", "open_sync"]
+__all__ = ["Store", "StoreClosed", "configure_connection", "open_sync"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -46,6 +46,10 @@ def open_sync(path: Path) -> sqlite3.Connection:
     configure_connection(conn)
     migrate(conn)
     return conn
+
+
+class StoreClosed(Exception):
+    """A write reached a closed store (shutdown): it was not run."""
 
 
 @define
@@ -103,6 +107,10 @@ class Store:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if self._pool is None:  # closed: fail the writes, never leave them hanging
+            for pending in batch:
+                pending.deferred.errback(StoreClosed("the database is closed"))
+            return
         self._flushing = True
         started = time.monotonic()
 
