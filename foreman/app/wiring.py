@@ -43,7 +43,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     store.commit_observer = metrics.commit
     upstream = build_upstream(reactor, config.target_url)
     monitor = TargetMonitor(reactor, config.target_url, config.target_token, upstream.agent)
-    queue = WorkQueue(Scheduler(config.max_wait), config.max_queue, reactor)
+    queue = WorkQueue(Scheduler(config.max_wait), config.max_queue, reactor, reactor.seconds)
     hub = JobHub()
     artifacts = ArtifactStore(config.artifacts_dir)
     jobs = JobService(

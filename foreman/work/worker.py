@@ -10,7 +10,6 @@ attempt is spent — and sends Wake-on-LAN if configured.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -103,6 +102,7 @@ class Worker:
                 await self._wait_for_target()
             except CancelledError:
                 break
+            self.state = "idle"
             item = self._queue.pick(self.loaded)
             if item is None:
                 continue
@@ -138,13 +138,13 @@ class Worker:
             raise CancelledError()
 
     def _send_wake(self) -> None:
-        now = time.monotonic()
+        now = self._reactor.seconds()
         if self._wake is not None and now - self._last_wake >= self._wake_interval:
             self._last_wake = now
             self._wake()
 
     async def _dispatch(self, item: Waiting) -> None:
-        now = time.time()
+        now = self._queue.clock()  # the clock that stamped item.enqueued_at
         waited = max(0.0, now - item.enqueued_at)
         if self.on_dispatch is not None:
             self.on_dispatch(item, waited)
