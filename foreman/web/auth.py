@@ -6,7 +6,10 @@ import hmac
 
 __all__ = ["TokenCheck"]
 
+# Open without a token: liveness checks and Ollama's "is it running" probe, and
+# only for reading; any other method on them is relayed and must be authorised.
 _OPEN_PATHS = frozenset({b"/", b"/healthz", b"/readyz"})
+_OPEN_METHODS = frozenset({b"GET", b"HEAD"})
 
 
 class TokenCheck:
@@ -19,8 +22,8 @@ class TokenCheck:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
-    def allows(self, path: bytes, authorization: bytes | None) -> bool:
-        if not self._tokens or path in _OPEN_PATHS:
+    def allows(self, method: bytes, path: bytes, authorization: bytes | None) -> bool:
+        if not self._tokens or (path in _OPEN_PATHS and method in _OPEN_METHODS):
             return True
         if not authorization:
             return False

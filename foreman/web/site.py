@@ -151,7 +151,7 @@ class ForemanSite(Site):
             return ErrorResource(
                 413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
             )
-        if not self.tokens.allows(path, request.getHeader(b"authorization")):
+        if not self.tokens.allows(request.method, path, request.getHeader(b"authorization")):
             return ErrorResource(
                 401,
                 "unauthorized",
