@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -26,8 +26,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
 from zope.interface import implementer
 
 from foreman.target.monitor import CachedBody, TargetMonitor, TargetSnapshot
+from tests.deferreds import failure_of, result_of
 
-T = TypeVar("T")
 
 BASE = "http://target.test:11434"
 VERSION = {"version": "0.5.7"}
@@ -44,24 +44,6 @@ JSON_UTF8 = b"application/json; charset=utf-8"
 
 
 # -- helpers ---------------------------------------------------------------
-
-
-def result_of(d: Deferred[T]) -> T:
-    box: list[T | Failure] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    result = box[0]
-    if isinstance(result, Failure):
-        pytest.fail(f"the Deferred failed: {result.getTraceback()}")
-    return result
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    assert isinstance(box[0], Failure), f"the Deferred succeeded with {box[0]!r}"
-    return box[0]
 
 
 class FixedRandom(random.Random):

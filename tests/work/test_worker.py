@@ -7,14 +7,13 @@ each test is synchronous and takes microseconds.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.python.failure import Failure
 
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 from foreman.target.call import SHUTDOWN, TargetError
@@ -22,31 +21,11 @@ from foreman.work.admission import InferenceCall, Slot
 from foreman.work.queue import WorkQueue
 from foreman.work.views import queue_view, work_status
 from foreman.work.worker import JobRunner, Worker
+from tests.deferreds import failure_of, result_of
 
-T = TypeVar("T")
 
 
 # -- helpers ---------------------------------------------------------------
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The value a fired Deferred succeeded with; fails the test otherwise."""
-    box: list[T | Failure] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    result = box[0]
-    if isinstance(result, Failure):
-        pytest.fail(f"the Deferred failed: {result.getTraceback()}")
-    return result
-
-
-def failure_of(d: Deferred[Any]) -> Failure:
-    """The Failure a fired Deferred failed with; fails the test otherwise."""
-    box: list[Any] = []
-    d.addBoth(box.append)
-    assert box, "the Deferred has not fired"
-    assert isinstance(box[0], Failure), f"the Deferred succeeded with {box[0]!r}"
-    return box[0]
 
 
 class FakeRunner:
