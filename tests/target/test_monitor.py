@@ -28,7 +28,6 @@ from zope.interface import implementer
 from foreman.target.monitor import CachedBody, TargetMonitor, TargetSnapshot
 from tests.deferreds import failure_of, result_of
 
-
 BASE = "http://target.test:11434"
 VERSION = {"version": "0.5.7"}
 PS = {

@@ -23,8 +23,6 @@ from foreman.work.views import queue_view, work_status
 from foreman.work.worker import JobRunner, Worker
 from tests.deferreds import failure_of, result_of
 
-
-
 # -- helpers ---------------------------------------------------------------
 
 
