@@ -15,11 +15,18 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from tests.budget import examples
+
 reactor: Any = _reactor
+
+# tests without their own count draw Hypothesis' 100, scaled like the rest
+settings.register_profile("foreman", max_examples=examples(100))
+settings.load_profile("foreman")
 
 _SETTLE_SECONDS = 3.0
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import ollama
-import openai.types
-import openai.types.chat
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foreman.core.assemble import Assembler, error_text
 from foreman.core.framing import NDJSONDecoder, SSEDecoder
+from tests.budget import examples
 
 T0 = "2025-06-01T10:00:00.000000Z"
 T1 = "2025-06-01T10:00:01.500000Z"
@@ -59,6 +57,8 @@ def chat_final(**extra: Any) -> dict[str, Any]:
 
 
 def test_native_chat_plain() -> None:
+    import ollama  # on use: the clients take seconds to import
+
     raw = b"".join(
         json.dumps(c).encode() + b"\n"
         for c in [chat_chunk("The"), chat_chunk(" sky"), chat_chunk(" is blue."), chat_final()]
@@ -83,6 +83,8 @@ def test_native_chat_plain() -> None:
 
 
 def test_native_chat_thinking_and_tool_calls_before_final_chunk() -> None:
+    import ollama  # on use: the clients take seconds to import
+
     call = {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}
     call2 = {"id": "call_2", "function": {"index": 1, "name": "get_time", "arguments": {}}}
     chunks = [
@@ -156,6 +158,8 @@ def test_empty_stream() -> None:
 
 
 def test_native_generate_with_context_and_thinking() -> None:
+    import ollama  # on use: the clients take seconds to import
+
     def g(resp: str, thinking: str = "") -> dict[str, Any]:
         c: dict[str, Any] = {"model": "qwen3", "created_at": T0, "response": resp, "done": False}
         if thinking:
@@ -209,6 +213,8 @@ def oa_chunk(delta: dict[str, Any], finish: str | None = None, **top: Any) -> di
 
 
 def test_openai_chat_with_usage_and_reasoning() -> None:
+    import openai.types.chat  # on use: the clients take seconds to import
+
     usage = {"prompt_tokens": 26, "completion_tokens": 3, "total_tokens": 29}
     events: list[dict[str, Any] | str] = [
         oa_chunk({"role": "assistant", "content": "", "reasoning": "Think"}),
@@ -240,6 +246,8 @@ def test_openai_chat_with_usage_and_reasoning() -> None:
 
 
 def test_openai_chat_tool_calls_merged_by_index() -> None:
+    import openai.types.chat  # on use: the clients take seconds to import
+
     # OpenAI style: id+name first, arguments in pieces; a second call interleaved
     events: list[dict[str, Any] | str] = [
         oa_chunk({"role": "assistant", "content": None}),
@@ -336,6 +344,8 @@ def test_done_marker_and_garbage_strings() -> None:
 
 
 def test_openai_completions() -> None:
+    import openai.types  # on use: the clients take seconds to import
+
     def c(text: str, finish: str | None = None, usage: Any = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": "cmpl-12",
@@ -517,7 +527,7 @@ pieces = st.lists(st.text(max_size=6), max_size=20)
 
 
 @given(content=pieces, thinking=pieces)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_native_chat_concatenation_and_idempotence(content: list[str], thinking: list[str]) -> None:
     chunks = [chat_chunk(c) for c in content] + [chat_chunk("", thinking=t) for t in thinking]
     asm = feed_all("/api/chat", [*chunks, chat_final()])
@@ -530,7 +540,7 @@ def test_native_chat_concatenation_and_idempotence(content: list[str], thinking:
 
 
 @given(content=pieces, args=pieces)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_openai_chat_concatenation(content: list[str], args: list[str]) -> None:
     events: list[dict[str, Any] | str] = [
         oa_chunk({"role": "assistant", "content": c}) for c in content

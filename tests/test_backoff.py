@@ -26,13 +26,14 @@ from foreman.core.backoff import (
     job_retry_delay,
     monitor_probe_delay,
 )
+from tests.budget import examples
 
 counts = st.integers(-5, 10_000)
 seeds = st.integers(0, 2**32)
 
 
 @given(n=counts, seed=seeds)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_job_retry_delay_within_jittered_ceiling(n: int, seed: int) -> None:
     top = ceiling(n, JOB_RETRY_BASE, JOB_RETRY_CAP)
     d = job_retry_delay(n, random.Random(seed))
@@ -41,7 +42,7 @@ def test_job_retry_delay_within_jittered_ceiling(n: int, seed: int) -> None:
 
 
 @given(n=counts, seed=seeds)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_probe_delay_within_jittered_ceiling(n: int, seed: int) -> None:
     top = ceiling(n, PROBE_BASE, PROBE_CAP)
     d = monitor_probe_delay(n, random.Random(seed))
@@ -50,7 +51,7 @@ def test_probe_delay_within_jittered_ceiling(n: int, seed: int) -> None:
 
 
 @given(n=st.integers(-5, 5_000))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_ceilings_never_decrease_and_reach_the_cap(n: int) -> None:
     for base, cap in ((JOB_RETRY_BASE, JOB_RETRY_CAP), (PROBE_BASE, PROBE_CAP)):
         assert ceiling(n, base, cap) <= ceiling(n + 1, base, cap)
@@ -103,7 +104,7 @@ def test_bad_jitter_rejected() -> None:
 
 
 @given(n=counts, seed=seeds)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_functions_are_the_named_backoffs(n: int, seed: int) -> None:
     assert job_retry_delay(n, random.Random(seed)) == JOB_RETRY.delay(n, random.Random(seed))
     assert monitor_probe_delay(n, random.Random(seed)) == MONITOR_PROBE.delay(
@@ -119,7 +120,7 @@ def test_webhook_schedule_ceilings_and_the_last_step_repeats() -> None:
 
 
 @given(n=st.integers(-5, 50), seed=seeds)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_spread_jitter_goes_both_ways_within_bounds(n: int, seed: int) -> None:
     top = WEBHOOK_RETRY.ceiling(n)
     d = WEBHOOK_RETRY.delay(n, random.Random(seed))

@@ -1,7 +1,8 @@
-"""The ``foreman`` command, run as a subprocess against the real daemon and simulator."""
+"""The ``foreman`` command against the real daemon and simulator (one test runs it as a process)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from foreman.client.cli import Live
+from foreman.client.cli import Live, run
 from foreman.testing import OllamaSimulator, reply_text
 from tests.harness import chat, reactor, start_stack
 
@@ -51,23 +53,13 @@ class Result:
         return json.loads(self.out)
 
 
-async def foreman(
-    *args: str,
-    url: str | None = None,
-    stdin: bytes | None = None,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> Result:
-    """``python -m foreman.client.cli args…`` (stdout and stderr are pipes, not a TTY)."""
+async def foreman_process(*args: str, url: str, stdin: bytes | None = None) -> Result:
+    """``python -m foreman.client.cli args…`` as a real process (stdout/stderr are pipes)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FOREMAN_")}
-    if url is not None:
-        full_env["FOREMAN_URL"] = url
-    full_env.update(env or {})
+    full_env["FOREMAN_URL"] = url
     argv = [sys.executable, "-m", "foreman.client.cli", *args]
     proto = _Collect(stdin)
-    process = reactor.spawnProcess(
-        proto, sys.executable, argv, env=full_env, path=str(cwd or os.getcwd())
-    )
+    process = reactor.spawnProcess(proto, sys.executable, argv, env=full_env, path=os.getcwd())
     killer = reactor.callLater(60, process.signalProcess, "KILL")
     try:
         status = await proto.ended
@@ -75,6 +67,54 @@ async def foreman(
         if killer.active():
             killer.cancel()
     return Result(b"".join(proto.out), b"".join(proto.err), status)
+
+
+def _run_here(
+    args: tuple[str, ...], env: dict[str, str], stdin: bytes | None
+) -> tuple[bytes, bytes, int]:
+    """What ``foreman args…`` prints and exits with, run on this (non-reactor) thread.
+
+    The CLI's blocking client hands its calls to the reactor the test runs, as
+    it would in any program that already has one. A process of its own per
+    command would cost a second of imports each; one test still runs the
+    command as a process (``foreman_process``).
+    """
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.StringIO()
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("FOREMAN_")}
+    for k in saved_env:
+        del os.environ[k]
+    os.environ.update(env)
+    saved_stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+    try:
+        with contextlib.redirect_stderr(err):  # argparse writes usage errors there
+            try:
+                status = run(list(args), stdout=out, stderr=err)
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else 2
+    finally:
+        sys.stdin = saved_stdin
+        for k in [k for k in os.environ if k.startswith("FOREMAN_")]:
+            del os.environ[k]
+        os.environ.update(saved_env)
+    buffer = out.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue(), err.getvalue().encode(), status
+
+
+async def foreman(
+    *args: str,
+    url: str | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    """``foreman args…`` in this process, on a thread, with ``FOREMAN_URL`` set to ``url``."""
+    full_env = dict(env or {})
+    if url is not None:
+        full_env["FOREMAN_URL"] = url
+    out, err, status = await deferToThread(_run_here, args, full_env, stdin)
+    return Result(out, err, status)
 
 
 def slow_sim() -> OllamaSimulator:
@@ -85,7 +125,7 @@ def slow_sim() -> OllamaSimulator:
 async def test_submit_wait_shows_progress_and_prints_the_answer(tmp_path: Path) -> None:
     stack = await start_stack(tmp_path)
     try:
-        run = await foreman(
+        run = await foreman_process(
             "submit", "--model", "llama3.2", "--prompt", "hi", "--wait", url=stack.url
         )
         assert run.status == 0, run.err
@@ -98,7 +138,7 @@ async def test_submit_wait_shows_progress_and_prints_the_answer(tmp_path: Path) 
         assert {"loading", "working"} <= set(states)
         assert "8 tokens" in lines[-1]
 
-        as_json = await foreman(
+        as_json = await foreman_process(
             "submit",
             "--model",
             "llama3.2",

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ollama
-import openai
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -41,6 +39,8 @@ def _spread_ok(times: list[float]) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_ollama_python_client(tmp_path: Path) -> None:
+    import ollama  # on use: the client takes a second or two to import
+
     async with running(tmp_path, sim=_sim(), api_tokens=(TOKEN,)) as (daemon, sim):
         assert sim is not None
 
@@ -91,6 +91,8 @@ async def test_ollama_python_client(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_openai_python_client(tmp_path: Path) -> None:
+    import openai  # on use: the client takes a second or two to import
+
     async with running(tmp_path, sim=_sim()) as (daemon, sim):
         assert sim is not None
 

@@ -18,6 +18,7 @@ from foreman.core.framing import (
     format_sse,
     format_sse_comment,
 )
+from tests.budget import examples
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -64,7 +65,7 @@ def decode_ndjson(pieces: list[bytes]) -> list[dict[str, Any]]:
 
 
 @given(stream=ndjson_streams(), cuts=st.lists(st.integers(0, 10**6), max_size=12))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_ndjson_chunking_invariant(
     stream: tuple[bytes, list[dict[str, Any]]], cuts: list[int]
 ) -> None:
@@ -74,7 +75,7 @@ def test_ndjson_chunking_invariant(
 
 
 @given(stream=ndjson_streams())
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_ndjson_byte_by_byte(stream: tuple[bytes, list[dict[str, Any]]]) -> None:
     data, objs = stream
     assert decode_ndjson([data[i : i + 1] for i in range(len(data))]) == objs
@@ -85,7 +86,7 @@ def test_ndjson_byte_by_byte(stream: tuple[bytes, list[dict[str, Any]]]) -> None
     bad=st.sampled_from([b"{not json", b"[1, 2]", b"42", b'"str"', b"\xff\xfe{}", b"{}}"]),
     cuts=st.lists(st.integers(0, 10**6), max_size=6),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_ndjson_invalid_line_raises_whatever_the_chunking(
     good: list[dict[str, Any]], bad: bytes, cuts: list[int]
 ) -> None:
@@ -177,7 +178,7 @@ sse_fragments = st.sampled_from(
     junk=st.binary(max_size=8),
     cuts=st.lists(st.integers(0, 10**6), max_size=12),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_sse_chunking_invariant(text: str, junk: bytes, cuts: list[int]) -> None:
     data = text.encode() + junk + text.encode()
     whole = decode_sse([data])
@@ -200,7 +201,7 @@ single_line = st.text(max_size=10).filter(lambda s: not _line_end.search(s))
     ),
     cuts=st.lists(st.integers(0, 10**6), max_size=8),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_sse_round_trip(events: list[tuple[str, str | None, str | None]], cuts: list[int]) -> None:
     data = b"".join(format_sse(d, event=e, id=i) for d, e, i in events)
     data = format_sse_comment("keep\nalive") + data + format_sse_comment()

@@ -11,8 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fresh_venv(where: Path) -> Path:
-    """A new virtualenv that sees this one's dependencies but not foreman itself."""
-    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    """A new virtualenv that sees this one's dependencies but not foreman itself.
+
+    It has no pip of its own (``ensurepip`` alone takes ten seconds): this
+    venv's pip installs into it with ``--python``.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
     python = where / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -20,15 +24,17 @@ def _fresh_venv(where: Path) -> Path:
         text=True,
         check=True,
     ).stdout.strip()
-    # dependencies come from the test venv; foreman must come from the install under test
+    # dependencies (and the build backend) come from the test venv; foreman must
+    # come from the install under test
     deps = sysconfig.get_paths()["purelib"]
     (Path(site) / "zz_test_deps.pth").write_text(deps + "\n")
     return python
 
 
 def _install(python: Path, *args: str) -> None:
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *args],
+        [*pip, "--no-deps", "--no-build-isolation", *args],
         check=True,
         timeout=300,
         cwd=str(ROOT),

@@ -28,6 +28,7 @@ from foreman.core.jobstate import (
     recover_on_start,
     transition,
 )
+from tests.budget import examples
 
 Q, L, W = JobState.QUEUED, JobState.LOADING, JobState.WORKING
 DONE, FAILED, CANCELLED = JobState.DONE, JobState.FAILED, JobState.CANCELLED
@@ -186,7 +187,9 @@ class JobMachine(RuleBasedStateMachine):
             assert not any(can(self.state, e) for e in Event)
 
 
-JobMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+JobMachine.TestCase.settings = settings(
+    max_examples=examples(300), stateful_step_count=30, deadline=None
+)
 TestJobMachine = JobMachine.TestCase
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-import ollama
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.threads import deferToThread
@@ -28,6 +27,8 @@ def _samples(text: str) -> dict[str, list[Any]]:
 
 @pytest_twisted.ensureDeferred
 async def test_metrics_scrape_has_the_documented_series(tmp_path: Path) -> None:
+    import ollama  # on use: the client takes a second or two to import
+
     receiver = Receiver()
     await receiver.listen()
     stack = await start_stack(tmp_path)

@@ -13,6 +13,7 @@ from foreman.core.routeclass import (
     classify,
     wants_stream,
 )
+from tests.budget import examples
 
 INFERENCE = RouteClass.INFERENCE
 METADATA = RouteClass.METADATA
@@ -67,7 +68,7 @@ def test_spec_table(method: bytes, path: bytes, kind: RouteClass) -> None:
         st.binary(max_size=40).map(lambda b: b"/" + b),
     ),
 )
-@settings(deadline=None, max_examples=300)
+@settings(deadline=None, max_examples=examples(300))
 def test_only_post_to_inference_routes_is_queued(method: bytes, path: bytes) -> None:
     kind = classify(method, path)
     assert (kind is INFERENCE) == (method == b"POST" and path in INFERENCE_ROUTES)

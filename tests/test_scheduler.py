@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
+from tests.budget import examples
 
 MODELS = ["a", "b", "c", "d"]
 PRIORITIES = [0, 5, 10]
@@ -234,7 +235,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 SchedulerMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None
+    max_examples=examples(200), stateful_step_count=40, deadline=None
 )
 TestSchedulerMachine = SchedulerMachine.TestCase
 
@@ -257,7 +258,7 @@ item_specs = st.lists(
     runs=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=5),
     loaded=st.sampled_from([None, *MODELS]),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_liveness_picks_drain_everything(
     specs: list[tuple[str, int, float]], max_wait: float, runs: list[float], loaded: str | None
 ) -> None:
@@ -289,7 +290,7 @@ def test_liveness_picks_drain_everything(
     run=st.floats(0, 5, allow_nan=False),
     max_wait=st.sampled_from([1e9, math.inf]),
 )
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_interleaved_arrivals_swap_once_per_model(
     models: int, rounds: int, run: float, max_wait: float
 ) -> None:
@@ -320,7 +321,7 @@ def test_interleaved_arrivals_swap_once_per_model(
     max_wait=st.sampled_from([0.0, 5.0, 30.0, 120.0]),
     b_at=st.floats(0, 200, allow_nan=False),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_starvation_bound_under_a_stream_of_the_loaded_model(
     backlog: int, runs: list[float], max_wait: float, b_at: float
 ) -> None:
@@ -375,7 +376,7 @@ def test_starvation_bound_under_a_stream_of_the_loaded_model(
     now=st.sampled_from([50.0, 100.0]),
     loaded=st.sampled_from([None, *MODELS]),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_order_and_position_match_reference(
     specs: list[tuple[str, int, float]],
     warmup: list[str | None],
@@ -514,20 +515,20 @@ def _internal_size(sched: Scheduler) -> int:
 
 
 def test_many_waiting_correct_and_no_garbage_build_up() -> None:
-    """Scale check without timing: 25 000 jobs, churn, lazy deletions stay bounded.
+    """Scale check without timing: 10 000 jobs, churn, lazy deletions stay bounded.
 
     The bound does not depend on the size; bench/scheduling.py runs 100 000.
     """
     rng = random.Random(7)
     sched = Scheduler(600.0)
-    n = 25_000
+    n = 10_000
     for i in range(n):
         sched.add(mk(f"j{i}", f"m{i % 4}", float(i), i, priority=0))
     # drain-by-model: the first 1000 picks are m0's oldest, in order
     got = [sched.pick(1e6, "m0") for _ in range(1000)]
     assert [x.key for x in got if x] == [f"j{4 * i}" for i in range(1000)]
     # churn: interactive clients come and leave, jobs get cancelled
-    for i in range(5_000):
+    for i in range(2_000):
         key = f"i{i}"
         sched.add(mk(key, f"m{rng.randrange(4)}", 1e6, n + i, priority=10, kind=INTERACTIVE))
         if rng.random() < 0.9:

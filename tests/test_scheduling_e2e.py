@@ -6,7 +6,6 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import ollama
 import pytest_twisted
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThread
@@ -55,6 +54,8 @@ async def test_interleaved_jobs_load_each_model_once(tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_interactive_and_jobs_never_overlap_at_the_target(tmp_path: Path) -> None:
+    import ollama  # on use: the client takes a second or two to import
+
     sim = OllamaSimulator(models=MODELS, token_rate=300.0, load_time=0.05)
     stack = await start_stack(tmp_path, sim=sim)
     client = ollama.Client(host=stack.url)
@@ -87,6 +88,8 @@ async def test_interactive_and_jobs_never_overlap_at_the_target(tmp_path: Path) 
 
 @pytest_twisted.ensureDeferred
 async def test_sleeping_target_then_wake_everything_finishes(tmp_path: Path) -> None:
+    import ollama  # on use: the client takes a second or two to import
+
     sim = OllamaSimulator(models=MODELS, token_rate=300.0, load_time=0.05)
     stack = await start_stack(tmp_path, sim=sim)
     client = ollama.Client(host=stack.url, timeout=60)

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import ollama
-import openai
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -27,6 +25,10 @@ from tests.harness import running_simulator
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    import ollama
+    import openai
+
 
 def running(**kwargs: Any) -> AbstractAsyncContextManager[OllamaSimulator]:
     """A listening simulator, paced (200 tokens/s) so streams are real streams."""
@@ -34,6 +36,8 @@ def running(**kwargs: Any) -> AbstractAsyncContextManager[OllamaSimulator]:
 
 
 async def with_ollama(sim: OllamaSimulator, work: Callable[[ollama.Client], T]) -> T:
+    import ollama  # on use: the client takes a second or two to import
+
     def run() -> T:
         with ollama.Client(host=sim.url) as client:
             return work(client)
@@ -43,6 +47,8 @@ async def with_ollama(sim: OllamaSimulator, work: Callable[[ollama.Client], T]) 
 
 
 async def with_openai(sim: OllamaSimulator, work: Callable[[openai.OpenAI], T]) -> T:
+    import openai  # on use: the client takes a second or two to import
+
     def run() -> T:
         with openai.OpenAI(base_url=sim.url + "/v1", api_key="x", max_retries=0) as client:
             return work(client)
@@ -59,6 +65,8 @@ def _no_ambient_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_ollama_client_metadata() -> None:
+    import ollama  # on use: the client takes a second or two to import
+
     async with running(pullable=["gemma3"], pull_time=0.05) as sim:
 
         def work(client: ollama.Client) -> dict[str, Any]:
@@ -159,6 +167,8 @@ async def test_ollama_client_inference() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_openai_client() -> None:
+    import openai  # on use: the client takes a second or two to import
+
     async with running() as sim:
 
         def work(client: openai.OpenAI) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from foreman.testing._models import (
     parse_keep_alive,
 )
 from foreman.testing._residency import Grant, Residency, Slot, StartLoad
+from tests.budget import examples
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_residency_other_context_length_reloads() -> None:
     assert r.step() == StartLoad(Slot("a:latest", 8192), A)
 
 
-@settings(deadline=None, max_examples=150)
+@settings(deadline=None, max_examples=examples(150))
 @given(
     st.lists(
         st.one_of(

@@ -39,6 +39,7 @@ from foreman.webhooks import (
     verify,
     verify_signature,
 )
+from tests.budget import examples
 
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
@@ -141,7 +142,7 @@ def test_we_accept_the_reference_library_signature() -> None:
     assert verify(secret, headers, body.encode()) == {"type": "job.queued", "data": {"seq": 1}}
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=examples(50))
 @given(event=json_objects, msg_id=msg_ids, key=st.binary(min_size=24, max_size=64))
 def test_cross_check_both_ways(event: dict[str, Any], msg_id: str, key: bytes) -> None:
     secret = "whsec_" + base64.b64encode(key).decode()

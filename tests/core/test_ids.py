@@ -15,7 +15,7 @@ from foreman.core.ids import JOB_ID, IdGenerator, new_job_id, new_message_id
 
 NOW = 1_700_000_000.123
 THREADS = 8
-PER_THREAD = 20_000
+PER_THREAD = 5_000
 
 # Unix seconds from 1970 to about 2096: the 48-bit millisecond field holds them all.
 times = st.floats(min_value=0.0, max_value=4e9, allow_nan=False, allow_infinity=False)

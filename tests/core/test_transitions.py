@@ -29,6 +29,7 @@ from foreman.core.jobstate import (
     recover_on_start,
 )
 from foreman.store.jobs import _SETTABLE
+from tests.budget import examples
 
 states = st.sampled_from(list(JobState))
 running = st.sampled_from(sorted(RUNNING))
@@ -44,7 +45,7 @@ field_lists = st.lists(
     max_size=3,
 ).map(tuple)
 
-fast = settings(deadline=None, max_examples=100)
+fast = settings(deadline=None, max_examples=examples(100))
 
 
 def as_dict(change: Transition) -> dict[str, Any]:

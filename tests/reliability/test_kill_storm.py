@@ -17,7 +17,8 @@ does) and keep streaming interactive requests through the proxy. Afterwards:
   artifact is left behind.
 
 The randomness is seeded; the seed is printed (pytest shows it on failure) and
-``RELIABILITY_SEED=<n>`` replays a run.
+``RELIABILITY_SEED=<n>`` replays a run. The everyday run kills three times;
+``RELIABILITY_KILLS=<n>`` kills more often.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from tests.proc import DaemonProcess, find_url, spawn, wait_ready_async
 from tests.receiver import Receiver
 
 JOBS = 24
-KILLS = 5
+KILLS = int(os.environ.get("RELIABILITY_KILLS", "3"))
 LANES = 3
 MODELS = ("llama3.2", "qwen3")
 MOMENTS = ("startup", "generating", "anytime")

@@ -42,11 +42,12 @@ from hypothesis import HealthCheck, given, seed, settings
 from schemathesis import GenerationMode
 
 from foreman.web.openapi import openapi_document
+from tests.budget import examples
 from tests.proc import spawn, wait_ready
 
 TOKEN = "reliability-token"
 LOOPBACK_HOOK = "127.0.0.1:9"  # discard port, nothing listens: deliveries are refused
-EXAMPLES = 50
+EXAMPLES = examples(50)
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
