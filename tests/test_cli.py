@@ -6,12 +6,13 @@ import contextlib
 import io
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
@@ -275,10 +276,11 @@ async def test_usage_connection_and_auth_errors_exit_2(tmp_path: Path) -> None:
         from_env = await foreman("list", "--json", url=stack.url, env={"FOREMAN_TOKEN": "s3cret"})
         assert from_env.status == 0 and from_env.json() == []
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-        closed = f"http://127.0.0.1:{port.getHost().port}"
-        await port.stopListening()
-        refused = await foreman("get", "job_00000000000000000000000000", "--url", closed)
+        # bound but not listening: refused, and no other test can take the port meanwhile
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{held.getsockname()[1]}"
+            refused = await foreman("get", "job_00000000000000000000000000", "--url", closed)
         assert refused.status == 2
         assert "refused" in refused.err
 

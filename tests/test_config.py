@@ -149,3 +149,18 @@ def test_every_setting_has_help_and_a_source() -> None:
     for s in SETTINGS:
         assert s.help
         assert s.env or s.option
+
+
+def test_sizes_take_units_and_refuse_nonsense() -> None:
+    import pytest
+
+    from foreman.app.config import parse_size
+
+    assert parse_size("65536") == 65536
+    assert parse_size("64KiB") == 65536
+    assert parse_size("64 MiB") == 64 * 1024 * 1024
+    assert parse_size("1GB") == 1_000_000_000
+    assert parse_size("1.5kib") == 1536
+    for bad in ("", "MiB", "12 parsecs", "x1"):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)

@@ -87,6 +87,41 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``65536``, ``64KiB``, ``64 MiB`` or ``1GB`` (KiB/MiB/GiB are 1024-based)."""
+    number = text.strip()
+    unit = ""
+    while number and number[-1].isalpha():
+        unit = number[-1] + unit
+        number = number[:-1]
+    factor = _SIZE_UNITS.get(unit.lower())
+    try:
+        if factor is None:
+            raise ValueError(unit)
+        return int(float(number.strip()) * factor)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 65536, 64KiB, 64MiB, 1GB)") from None
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1 byte")
+    return value
+
+
 def _positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
@@ -276,8 +311,16 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_BODY",
         "max-body",
         "16777216",
-        _positive_int,
-        "largest accepted request body in bytes (413 beyond)",
+        _positive_size,
+        "largest accepted request body (bytes, or with a unit: 16MiB; 413 beyond)",
+    ),
+    Setting(
+        "max_response",
+        "FOREMAN_MAX_RESPONSE",
+        "max-response",
+        "64MiB",
+        _positive_size,
+        "largest target answer a job may get; beyond, the job fails response_too_large",
     ),
     Setting(
         "shutdown_grace",
@@ -340,6 +383,7 @@ class Config:
     wol_broadcast: str = _default("wol_broadcast")
     log_format: str = _default("log_format")
     max_body: int = _default("max_body")
+    max_response: int = _default("max_response")
     shutdown_grace: float = _default("shutdown_grace")
     job_idle_timeout: float = _default("job_idle_timeout")
     simulate: bool = _default("simulate")

@@ -66,6 +66,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         max_attempts=config.max_attempts,
         on_unreachable=monitor.mark_down,
         idle_timeout=config.job_idle_timeout,
+        max_response=config.max_response,
     )
     runner.on_load = metrics.model_loaded
     worker = Worker(

@@ -132,6 +132,10 @@ MONITOR_PROBE = Backoff.exponential(PROBE_BASE, PROBE_CAP, PROBE_JITTER)
 30 s, shortened by up to 20 %: a target that wakes up is noticed quickly, a
 target asleep for hours costs one probe per ~30 s."""
 
+RECORD_RETRY = Backoff.exponential(0.5, 30.0, 0.2)
+"""foreman could not write a job's state (database locked, disk full): 0.5 s,
+1 s, 2 s ... capped at 30 s, until it can."""
+
 WEBHOOK_RETRY = Backoff.schedule(WEBHOOK_RETRY_SCHEDULE, WEBHOOK_RETRY_JITTER, JitterMode.SPREAD)
 """A failed webhook delivery: the schedule, each spread by +/- 20 % so receivers
 that were down together are not hit by every sender at the same instant."""

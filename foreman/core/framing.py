@@ -23,6 +23,10 @@ class FramingError(ValueError):
         self.decoded: list[dict[str, Any]] = decoded or []
 
 
+class LineTooLong(FramingError):
+    """A line grew past the decoder's ``max_line_bytes`` without ending."""
+
+
 class NDJSONDecoder:
     """One JSON object per line; lines may arrive split across reads.
 
@@ -67,7 +71,7 @@ class NDJSONDecoder:
 
     def _check_size(self) -> None:
         if self._max is not None and len(self._buf) > self._max:
-            raise FramingError(f"NDJSON line longer than {self._max} bytes")
+            raise LineTooLong(f"NDJSON line longer than {self._max} bytes")
 
 
 def _decode_line(line: bytes, decoded: list[dict[str, Any]]) -> dict[str, Any] | None:

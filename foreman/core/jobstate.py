@@ -107,22 +107,26 @@ class ErrorKind(StrEnum):
     ARTIFACT_WRITE_ERROR = "artifact_write_error"
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"  # foreman stopped the attempt: not the job's fault
+    INTERNAL = "internal_error"  # foreman itself failed (disk, database, bug): retried
+    TOO_LARGE = "response_too_large"  # the target's answer passed foreman's size limit
 
 
 RETRYABLE: frozenset[ErrorKind] = frozenset(
-    {ErrorKind.TARGET_5XX, ErrorKind.RESET, ErrorKind.TIMEOUT}
+    {ErrorKind.TARGET_5XX, ErrorKind.RESET, ErrorKind.TIMEOUT, ErrorKind.INTERNAL}
 )
 
 # Error codes in the job object's ``error`` when it fails.
 CODE_TARGET_ERROR = "target_error"  # target answered 4xx; message is the target's
 CODE_STREAM_ERROR = "stream_error"
 CODE_ARTIFACT_WRITE_ERROR = "artifact_write_error"
+CODE_RESPONSE_TOO_LARGE = "response_too_large"  # over FOREMAN_MAX_RESPONSE / a line limit
 CODE_TOO_MANY_ATTEMPTS = "too_many_attempts"  # retries or crash recoveries used up
 
 _FAIL_CODES = {
     ErrorKind.TARGET_4XX: CODE_TARGET_ERROR,
     ErrorKind.STREAM_ERROR: CODE_STREAM_ERROR,
     ErrorKind.ARTIFACT_WRITE_ERROR: CODE_ARTIFACT_WRITE_ERROR,
+    ErrorKind.TOO_LARGE: CODE_RESPONSE_TOO_LARGE,
 }
 
 

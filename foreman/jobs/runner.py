@@ -13,18 +13,30 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import treq
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
 from foreman.core import jobstate
 from foreman.core.assemble import Assembler
-from foreman.core.framing import NDJSONDecoder, SSEDecoder
+from foreman.core.backoff import RECORD_RETRY
+from foreman.core.framing import LineTooLong, NDJSONDecoder, SSEDecoder
 from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import Progress
-from foreman.target.call import RESET, UNREACHABLE, TargetCall, TargetError
+from foreman.target.call import (
+    INTERNAL,
+    RESET,
+    SHUTDOWN,
+    TOO_LARGE,
+    UNREACHABLE,
+    TargetCall,
+    TargetError,
+)
+from foreman.target.readbody import read_body, request_with_deadline
 from foreman.target.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -33,6 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["JobRunner", "job_wants_stream", "preload_request", "wire_request"]
 
 _log = Logger()
+
+# the worker's own /api/ps read: seconds, not the generation's idle timeout
+METADATA_TIMEOUT = 5.0
+METADATA_LIMIT = 1024 * 1024
+# one NDJSON line of a stream; a final chunk with a long ``context`` array can
+# reach a megabyte, so the bound is generous yet stops a newline-less flood
+LINE_LIMIT = 8 * 1024 * 1024
 
 # endpoints whose stream foreman can assemble into the non-streaming response
 _ASSEMBLED = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
@@ -87,12 +106,18 @@ def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[s
 
 
 def _ps_names(body: bytes) -> set[str]:
+    """The models ``/api/ps`` lists; nothing for a body of any other shape."""
     try:
-        models = json.loads(body).get("models") or []
-    except (ValueError, AttributeError):
+        parsed = json.loads(body)
+    except ValueError:
+        return set()
+    models = parsed.get("models") if isinstance(parsed, dict) else None
+    if not isinstance(models, list):
         return set()
     names: set[str] = set()
     for m in models:
+        if not isinstance(m, dict):
+            continue
         for key in ("name", "model"):
             if isinstance(m.get(key), str):
                 names.add(_canonical(m[key]))
@@ -115,6 +140,7 @@ class JobRunner:
         max_attempts: int,
         on_unreachable: Callable[[str], None],
         idle_timeout: float = 900.0,
+        max_response: int = 64 * 1024 * 1024,
     ) -> None:
         self._reactor = reactor
         self._clock = reactor  # IReactorTime: every time the runner reads
@@ -125,7 +151,10 @@ class JobRunner:
         self._max_attempts = max_attempts
         self._on_unreachable = on_unreachable
         self._idle_timeout = idle_timeout
+        self._max_response = max_response
         self._call: TargetCall | None = None
+        self._closing = False
+        self._pause: Deferred[None] | None = None
         self.on_load: Callable[[str, float], None] | None = None
         self.job_id: str | None = None
         self.phase: str | None = None
@@ -133,14 +162,32 @@ class JobRunner:
 
     def abort(self, reason: TargetError | None = None) -> None:
         """Abort the target call of the running attempt (cancel, shutdown)."""
+        if reason is not None and reason.kind == SHUTDOWN:
+            self._closing = True
+            if self._pause is not None:
+                self._pause.cancel()
         if self._call is not None:
             self._call.abort(reason)
 
     async def run(self, job_id: str) -> str | None:
-        """One attempt; returns the model now resident when it got that far."""
+        """One attempt; returns the model now resident when it got that far.
+
+        Whatever goes wrong ends in a recorded state: a TargetError as the state
+        machine decides, anything else (a bug, a disk, the database) as an
+        ``internal_error`` that is retried with backoff like a target fault.
+        """
         self.job_id, self.tokens, self.phase = job_id, 0, "loading"
+        self._closing = False
         try:
-            return await self._attempt(job_id)
+            try:
+                return await self._attempt(job_id)
+            except TargetError as e:
+                error = e
+            except Exception as e:
+                _log.failure("job {job_id}: the attempt raised", job_id=job_id)
+                error = TargetError(INTERNAL, f"foreman failed during the attempt: {e!r}"[:500])
+            await self._settle(job_id, error)
+            return None
         finally:
             self.job_id, self._call, self.phase = None, None, None
 
@@ -153,17 +200,43 @@ class JobRunner:
             return None
         request = row.request_body()
         model = row.model
-        try:
-            await self._load(row, request)
-            working = await self._jobs.apply(jobstate.start_working(job_id, self._clock.seconds()))
-            if working is None:  # cancelled while loading; the model is loaded all the same
-                return model
-            self.phase = "working"
-            await self._generate(working, request)
-        except TargetError as e:
-            await self._after_error(job_id, e)
-            return None
+        await self._load(row, request)
+        working = await self._jobs.apply(jobstate.start_working(job_id, self._clock.seconds()))
+        if working is None:  # cancelled while loading; the model is loaded all the same
+            return model
+        self.phase = "working"
+        await self._generate(working, request)
         return model
+
+    async def _settle(self, job_id: str, error: TargetError) -> None:
+        """Record how the attempt ended; retried until written (or foreman stops).
+
+        A job is never left off the queue in ``loading``/``working``: if the
+        database cannot take the transition now, the worker waits and tries
+        again. On shutdown it gives up; start-up recovery settles the job.
+        """
+        failures = 0
+        while True:
+            try:
+                await self._after_error(job_id, error)
+                return
+            except Exception:
+                failures += 1
+                _log.failure(
+                    "job {job_id}: could not record {kind} (try {n}); retrying",
+                    job_id=job_id,
+                    kind=error.kind,
+                    n=failures,
+                )
+            if self._closing:
+                return
+            self._pause = deferLater(self._clock, RECORD_RETRY.delay(failures), lambda: None)
+            try:
+                await self._pause
+            except CancelledError:
+                return
+            finally:
+                self._pause = None
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
         preload = preload_request(row.endpoint, request)
@@ -176,32 +249,52 @@ class JobRunner:
             self.on_load(row.model, self._clock.seconds() - started)
 
     async def _resident(self, model: str) -> bool:
-        chunks: list[bytes] = []
+        """Is ``model`` loaded? Any failure to tell means no: the explicit load then runs."""
+        headers = Headers({b"User-Agent": [b"foreman-worker"]})
+        if self._token:
+            headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
         try:
-            headers = Headers({b"User-Agent": [b"foreman-worker"]})
-            if self._token:
-                headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
-            response = await self._upstream.agent.request(
-                b"GET", self._upstream.url(b"/api/ps"), headers
+            response = await request_with_deadline(
+                self._upstream.agent,
+                b"GET",
+                self._upstream.url(b"/api/ps"),
+                headers,
+                timeout=METADATA_TIMEOUT,
+                clock=self._clock,
             )
-            body = await treq.content(response)
-            if response.code != 200:
-                return False
-            chunks.append(body)
+            body = await read_body(
+                response, limit=METADATA_LIMIT, timeout=METADATA_TIMEOUT, clock=self._clock
+            )
         except Exception:
             return False
-        return _canonical(model) in _ps_names(b"".join(chunks))
+        return response.code == 200 and _canonical(model) in _ps_names(body)
 
     async def _target(
         self, path: str, body: dict[str, Any], on_data: Callable[[bytes], None]
     ) -> int:
+        received = 0
+
+        def bounded(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received > self._max_response:
+                self.abort(
+                    TargetError(
+                        TOO_LARGE,
+                        f"the target's answer to {path} passed FOREMAN_MAX_RESPONSE "
+                        f"({self._max_response} bytes)",
+                    )
+                )
+            elif not call.aborted:
+                on_data(data)
+
         call = TargetCall(
             self._reactor,
             self._upstream,
             self._token,
             path,
             json.dumps(body).encode(),
-            on_data,
+            bounded,
             self._idle_timeout,
         )
         self._call = call
@@ -217,7 +310,7 @@ class JobRunner:
         raw: list[bytes] = []
         whole: list[bytes] = []
         sse = endpoint.startswith("/v1/")
-        ndjson = NDJSONDecoder()
+        ndjson = NDJSONDecoder(min(self._max_response, LINE_LIMIT))
         events = SSEDecoder()
         streamed = endpoint in _ASSEMBLED or keep_raw
         last_progress = 0.0
@@ -251,8 +344,10 @@ class JobRunner:
                 return
             try:
                 decode(data)
-            except ValueError as e:  # FramingError, bad JSON in an SSE event
-                self.abort(TargetError("stream_error", f"target sent a malformed stream: {e}"))
+            except LineTooLong as e:
+                self.abort(TargetError(TOO_LARGE, f"the target's stream: {e}"))
+            except Exception as e:  # bad JSON, or JSON of a shape no chunk has
+                self.abort(TargetError("stream_error", f"target sent a malformed stream: {e!r}"))
 
         await self._target(endpoint, wire_request(endpoint, request), on_data)
         try:
@@ -261,8 +356,8 @@ class JobRunner:
             elif not sse:
                 for obj in ndjson.flush():
                     feed(obj)
-        except ValueError as e:
-            raise TargetError("stream_error", f"target sent a malformed body: {e}") from None
+        except Exception as e:  # not JSON, or JSON of a shape the endpoint never answers
+            raise TargetError("stream_error", f"target sent a malformed body: {e!r}") from None
         if assembler.error is not None:
             raise TargetError("stream_error", assembler.error)
         if endpoint in _ASSEMBLED and not assembler.complete:
@@ -288,6 +383,11 @@ class JobRunner:
         row = await self._jobs.get_row(job_id)
         if row is None or row.terminal:
             return  # cancelled (or deleted): the canceller recorded it
+        if row.state == jobstate.JobState.QUEUED:
+            # failed before the attempt began (reading the job): back to the queue, later
+            not_before = self._clock.seconds() + RECORD_RETRY.delay(1)
+            self._jobs.requeue(attrs.evolve(row, not_before=not_before))
+            return
         if error.kind == UNREACHABLE:
             self._on_unreachable(error.message)
         transition = jobstate.attempt_failed(

@@ -29,13 +29,15 @@ from foreman.core.signing import generate_secret, headers_for
 from foreman.outbox.ssrf import guarded_agent
 from foreman.store.database import Store
 from foreman.target.call import BytesProducer
+from foreman.target.readbody import BodyTimeout, BodyTooLarge, read_body
 
 __all__ = ["Delivery", "load_or_create_secret"]
 
 _log = Logger()
 
 SECRET_FILE = "webhook-secret"
-TIMEOUT = 15.0
+TIMEOUT = 15.0  # connect, headers and body of one delivery, together
+RESPONSE_LIMIT = 64 * 1024  # of a receiver's answer, read then dropped
 CONCURRENCY = 8
 _BATCH = 64
 
@@ -199,15 +201,28 @@ class Delivery:
         error: str | None = None
         retry_after: float | None = None
         request = self._agent.request(b"POST", row.url.encode(), headers, BytesProducer(body))
+        # one deadline for connecting, the answer's headers and its body
+        deadline = self._reactor.seconds() + self._timeout
         timer = self._reactor.callLater(self._timeout, request.cancel)
         self.attempts += 1
         try:
             response = await request
+            timer.cancel()
             status = response.code
             raw = response.headers.getRawHeaders(b"retry-after")
             if raw:
                 retry_after = webhook_policy.parse_retry_after(raw[-1].decode("latin-1"), now)
-            await _discard_body(response)
+            # read (at most RESPONSE_LIMIT bytes) and drop: a receiver that floods or
+            # trickles its answer has the connection closed, the delivery counts
+            await read_body(
+                response,
+                limit=RESPONSE_LIMIT,
+                timeout=max(0.0, deadline - self._reactor.seconds()),
+                clock=self._reactor,
+                keep=False,
+            )
+        except (BodyTooLarge, BodyTimeout):
+            pass  # the status is the answer; the connection is closed on the rest
         except Exception as e:
             error = "timeout" if not timer.active() else (str(e) or type(e).__name__)
         finally:
@@ -253,12 +268,6 @@ class Delivery:
         if waiting:
             await DeferredList(waiting, consumeErrors=True)
         await self._pool.closeCachedConnections()
-
-
-async def _discard_body(response: Any) -> None:
-    import treq
-
-    await treq.content(response)
 
 
 def _mark(

@@ -36,6 +36,8 @@ RESET = "reset"
 TIMEOUT = "timeout"
 ABORTED = "cancelled"
 SHUTDOWN = "shutdown"
+INTERNAL = "internal_error"  # foreman itself failed during the attempt (disk, database, bug)
+TOO_LARGE = "response_too_large"
 
 _ERROR_BODY_LIMIT = 64 * 1024
 
@@ -163,6 +165,10 @@ class TargetCall:
             raise TargetError(kind, message, response.code)
         code: int = response.code
         return code
+
+    @property
+    def aborted(self) -> bool:
+        return self._abort_reason is not None
 
     def abort(self, reason: TargetError | None = None) -> None:
         """Stop the call now: cancel the request or close the connection."""

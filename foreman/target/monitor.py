@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import treq
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -26,10 +25,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from foreman.core.backoff import monitor_probe_delay
+from foreman.target.readbody import read_body, request_with_deadline
 
 __all__ = ["CachedBody", "TargetMonitor", "TargetSnapshot"]
 
 _log = Logger()
+
+# /api/tags of a box with hundreds of models is well under this
+PROBE_BODY_LIMIT = 8 * 1024 * 1024
 
 State = Literal["unknown", "up", "down"]
 
@@ -187,12 +190,17 @@ class TargetMonitor:
         probing.addCallbacks(self._probed, self._probe_failed)
 
     async def _get(self, path: bytes) -> tuple[IResponse, bytes]:
-        d = self._agent.request(b"GET", self._base + path, self._headers)
-        d.addTimeout(self.probe_timeout, self._reactor)
-        response = await d
-        body_d = treq.content(response)
-        body_d.addTimeout(self.probe_timeout, self._reactor)
-        body = await body_d
+        response = await request_with_deadline(
+            self._agent,
+            b"GET",
+            self._base + path,
+            self._headers,
+            timeout=self.probe_timeout,
+            clock=self._reactor,
+        )
+        body = await read_body(
+            response, limit=PROBE_BODY_LIMIT, timeout=self.probe_timeout, clock=self._reactor
+        )
         return response, body
 
     async def _probe(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
+from foreman.core.backoff import RECORD_RETRY
 from foreman.core.scheduler import INTERACTIVE, Waiting
 from foreman.target.call import SHUTDOWN, TargetError
 from foreman.work.queue import WorkQueue
@@ -106,8 +107,19 @@ class Worker:
             item = self._queue.pick(self.loaded)
             if item is None:
                 continue
-            await self._dispatch(item)
+            try:
+                await self._dispatch(item)
+            except Exception:  # never lets the one worker die; the job is put back
+                _log.failure("worker: dispatching {key} raised", key=item.key)
+                self._put_back(item)
         self.state = "stopped"
+
+    def _put_back(self, item: Waiting) -> None:
+        """A job whose run raised goes back to the queue, after a pause."""
+        if item.kind == INTERACTIVE:
+            return  # its client's request ends with the proxy's error
+        not_before = self._queue.clock() + RECORD_RETRY.delay(1)
+        self._queue.add_job(item.key, item.model, item.priority, item.enqueued_at, not_before)
 
     async def _wait(self, d: Deferred[Any]) -> Any:
         self._waiting = d
@@ -147,7 +159,10 @@ class Worker:
         now = self._queue.clock()  # the clock that stamped item.enqueued_at
         waited = max(0.0, now - item.enqueued_at)
         if self.on_dispatch is not None:
-            self.on_dispatch(item, waited)
+            try:
+                self.on_dispatch(item, waited)
+            except Exception:  # an observer (logs, metrics) never stops the work
+                _log.failure("worker: on_dispatch raised")
         if self.loaded is not None and item.model != self.loaded:
             self.swaps += 1
         self.dispatched += 1
@@ -180,8 +195,6 @@ class Worker:
             model = await self._runner.run(item.key)
             if model is not None:
                 self.loaded = model
-        except Exception:
-            _log.failure("job {job_id} attempt crashed", job_id=item.key)
         finally:
             self.current = None
             self.state = "idle"

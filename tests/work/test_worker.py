@@ -445,13 +445,17 @@ def test_a_crashing_attempt_is_logged_and_the_worker_goes_on(
 
     crashes = _crash_events(logged)
     assert len(crashes) == 1
-    assert crashes[0]["job_id"] == "j1"
+    assert crashes[0]["key"] == "j1"
     assert crashes[0]["log_failure"].check(RuntimeError)
     assert h.runner.started == ["j1", "j2"]
     assert h.worker.current == {"kind": "job", "id": "j2", "model": "m"}
     h.runner.finish("j2", "m")
     assert h.worker.state == "idle"
     assert h.worker.loaded == "m"
+    # the job whose run raised is not lost: it comes back after a pause
+    assert h.queue.delayed == 1
+    h.clock.advance(0.5)
+    assert h.runner.started == ["j1", "j2", "j1"]
 
 
 def test_a_runner_raising_at_once_does_not_kill_the_worker(
@@ -462,10 +466,25 @@ def test_a_runner_raising_at_once_does_not_kill_the_worker(
     h.add("j2", "m")
     h.worker.start()
     assert h.runner.started == ["j1", "j2"]
-    assert [e["job_id"] for e in _crash_events(logged)] == ["j1"]
+    assert [e["key"] for e in _crash_events(logged)] == ["j1"]
     h.runner.finish("j2")
     h.add("j3", "m")
     assert h.runner.started[-1] == "j3"
+
+
+def test_an_observer_raising_on_dispatch_does_not_stop_the_work(
+    h: Harness, logged: list[LogEvent]
+) -> None:
+    def broken(item: object, waited: float) -> None:
+        raise KeyError("metrics")
+
+    h.worker.on_dispatch = broken
+    h.add("j1", "m")
+    h.worker.start()
+    assert h.runner.started == ["j1"]
+    h.runner.finish("j1", "m")
+    assert h.worker.state == "idle" and h.worker.dispatched == 1
+    assert len(_crash_events(logged)) == 1
 
 
 # -- stop and cancel ---------------------------------------------------------
