@@ -24,6 +24,14 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 JOB_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
+_RAND_SPACE = 1 << 80
+
+
+def _fresh() -> int:
+    """A random part with room above it for 2**39 same-millisecond steps."""
+    return int.from_bytes(os.urandom(10), "big") >> 1
+
+
 def _encode(value: int, length: int) -> str:
     out = []
     for _ in range(length):
@@ -37,8 +45,9 @@ class IdGenerator:
     """Makes ULIDs that are strictly increasing across every thread using it.
 
     Within one millisecond (or when ``now`` goes backwards) the random part of
-    the last id is incremented instead of drawn, so ids still sort in the
-    order they were made.
+    the last id grows by a random step of up to 2**40 instead of being drawn
+    anew, so ids still sort in the order they were made and the next id is not
+    the last one plus one.
     """
 
     _lock: threading.Lock = field(factory=threading.Lock, init=False, repr=False)
@@ -51,9 +60,12 @@ class IdGenerator:
         with self._lock:
             if ms <= self._last_ms:
                 ms = self._last_ms
-                rand = self._last_rand + 1
+                rand = self._last_rand + 1 + int.from_bytes(os.urandom(5), "big")
+                if rand >= _RAND_SPACE:  # the millisecond is used up: borrow the next
+                    ms += 1
+                    rand = _fresh()
             else:
-                rand = int.from_bytes(os.urandom(10), "big") >> 1  # leave room to increment
+                rand = _fresh()
             self._last_ms, self._last_rand = ms, rand
         return _encode(ms, 10) + _encode(rand, 16)
 

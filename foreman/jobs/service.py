@@ -19,6 +19,7 @@ from foreman.core import jobstate
 from foreman.core.errors import BadRequest
 from foreman.core.ids import JOB_ID, new_job_id
 from foreman.core.jobview import job_object
+from foreman.core.logtext import model_name_too_long
 from foreman.core.records import JobRow, NewJob
 from foreman.core.routeclass import INFERENCE_ROUTES
 from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
@@ -56,6 +57,9 @@ def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, A
     model = request.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("request.model is required", "missing_field")
+    too_long = model_name_too_long(model)
+    if too_long is not None:
+        raise BadRequest(too_long, "invalid_model")
     webhook_url = body.get("webhook_url")  # null: no webhook
     if webhook_url is not None and not isinstance(webhook_url, str):
         raise BadRequest("webhook_url must be a string", "invalid_webhook_url")
@@ -70,9 +74,18 @@ def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, A
             "invalid_priority",
         )
     metadata = body.get("metadata")
-    if metadata is not None and len(json.dumps(metadata)) > _METADATA_LIMIT:
+    # counted as stored: UTF-8 bytes, not \u escapes
+    if (
+        metadata is not None
+        and len(json.dumps(metadata, ensure_ascii=False).encode()) > _METADATA_LIMIT
+    ):
         raise BadRequest(f"metadata is over {_METADATA_LIMIT} bytes", "metadata_too_large")
     return endpoint, request, webhook_url, priority, metadata
+
+
+def _utf8_size(value: Any) -> int:
+    """JSON size in UTF-8 bytes: an "é" counts 2, not the 6 of its \\u escape."""
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 class JobService:

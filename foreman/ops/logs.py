@@ -24,9 +24,12 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from foreman.core.logtext import escape_for_log
+
 __all__ = ["make_observer", "scrub"]
 
 _REDACTED = "[redacted]"
+TEXT_FIELD_LIMIT = 1024  # characters of one field in a text log line
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -44,11 +47,25 @@ class _TextObserver:
         self._secrets = secrets
 
     def __call__(self, event: LogEvent) -> None:
-        text = eventAsText(event, includeSystem=True, formatTime=_iso_time)
+        text = eventAsText(_escaped(event), includeSystem=True, formatTime=_iso_time)
         if not text:
             return
         self._out.write(scrub(text, self._secrets) + "\n")
         self._out.flush()
+
+
+def _escaped(event: LogEvent) -> LogEvent:
+    """The event with every text field one bounded, printable line (``foreman.core.logtext``).
+
+    Model names, paths and target messages reach log events as fields; a CR or
+    LF in one would forge a line of the text log. ``log_*`` keys (the format,
+    the failure's traceback) are foreman's own and stay as they are.
+    """
+    out = dict(event)
+    for key, value in event.items():
+        if isinstance(value, str) and not key.startswith("log_"):
+            out[key] = escape_for_log(value, TEXT_FIELD_LIMIT)
+    return out
 
 
 def _iso_time(when: float | None) -> str:

@@ -38,6 +38,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from foreman.core.logtext import model_name_too_long
 from foreman.core.routeclass import STALE_OK, RouteClass, classify, wants_stream
 from foreman.target.upstream import Upstream
 from foreman.web.errorbody import error_body, family_of
@@ -177,6 +178,10 @@ class ProxyResource(Resource):
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, str) or not model:
             _json_error(request, 400, "missing_model", "model is required")
+            return NOT_DONE_YET
+        too_long = model_name_too_long(model)
+        if too_long is not None:
+            _json_error(request, 400, "invalid_model", too_long)
             return NOT_DONE_YET
         request.model = model  # for the access log line
         priority = _DEFAULT_PRIORITY

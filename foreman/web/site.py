@@ -9,20 +9,28 @@ keeps the proxy's hot path short.
 from __future__ import annotations
 
 import contextlib
+import errno
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from foreman.core.logtext import escape_for_log
 from foreman.core.routeclass import classify
+from foreman.store.database import StoreClosed
 from foreman.web.auth import TokenCheck
 from foreman.web.errorbody import error_body, family_of, own_route
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
 
 IDLE_CONNECTION_TIMEOUT = 300
+
+_log = Logger()
 
 
 class _NoDelayChannel(HTTPChannel):
@@ -69,6 +77,30 @@ class ForemanRequest(Request):
         if report is not None:
             report(self, status)
 
+    def processingFailed(self, reason: Failure) -> Failure:  # type: ignore[override]
+        """Anything a route did not expect: JSON in the path's shape, never Twisted's HTML."""
+        _log.failure(
+            "{method} {path}: unexpected failure",
+            failure=reason,
+            method=self.method.decode("latin-1"),
+            path=escape_for_log(self.path.decode("latin-1")),
+        )
+        if self.finished or self._disconnected:
+            return reason
+        if self.startedWriting:  # half an answer sent: the client must see it cut
+            self.channel.transport.abortConnection()  # type: ignore[union-attr]
+            return reason
+        status, code, message = failure_answer(reason)
+        body = error_body(family_of(self.path), status, code, message)
+        self.setResponseCode(status)
+        self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        if status == 503:
+            self.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
+        self.write(body)  # type: ignore[no-untyped-call]
+        self.finish()
+        return reason
+
     def gotLength(self, length: int | None) -> None:
         limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
         if length is not None and length > limit:
@@ -88,6 +120,18 @@ class ForemanRequest(Request):
                 self.content.truncate()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+def failure_answer(reason: Failure) -> tuple[int, str, str]:
+    """(status, code, message) for a failure no route handled."""
+    if reason.check(sqlite3.OperationalError, sqlite3.DatabaseError, StoreClosed):
+        return 503, "database_unavailable", "foreman cannot use its database now; try again"
+    error = reason.value
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return 503, "disk_full", "foreman's disk is full; try again when space is free"
+    if reason.check(RecursionError):
+        return 400, "invalid_json", "the body is nested too deeply"
+    return 500, "internal_error", "foreman failed to answer this request (see its log)"
 
 
 class ErrorResource(Resource):

@@ -93,3 +93,21 @@ def test_ids_from_different_milliseconds_sort_by_time(a: float, b: float) -> Non
     assert JOB_ID.match(first) and JOB_ID.match(second)
     if ms_a != ms_b:
         assert (first < second) == (ms_a < ms_b)
+
+
+def test_the_next_id_in_a_millisecond_is_not_guessable() -> None:
+    gen = IdGenerator()
+    ids = [gen.job_id(NOW) for _ in range(200)]
+    values = [_decode(i[14:]) for i in ids]
+    steps = [b - a for a, b in pairwise(values)]
+    assert all(s >= 1 for s in steps)
+    assert len(set(steps)) > 190  # random steps, not +1 each time
+    assert sum(1 for s in steps if s > 2**20) > 150
+
+
+def _decode(text: str) -> int:
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    value = 0
+    for ch in text:
+        value = value * 32 + alphabet.index(ch)
+    return value
