@@ -50,6 +50,7 @@ class ForemanRequest(Request):
     """
 
     too_large: bool = False
+    refused: bool = False
     _received: int = 0
     route_class: str = "other"
     model: str | None = None
@@ -102,14 +103,31 @@ class ForemanRequest(Request):
         return reason
 
     def gotLength(self, length: int | None) -> None:
-        limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
-        if length is not None and length > limit:
+        """Headers are in: refuse a tokenless or oversized body before buffering any of it."""
+        site: Any = self.channel.site  # type: ignore[attr-defined]
+        if not self._token_ok(site):
+            self.refused = True  # the answer is 401 whatever the body; do not keep it
+            length = 0
+        elif length is not None and length > site.max_body:
             self.too_large = True
             length = 0
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
+    def _token_ok(self, site: Any) -> bool:
+        # method and path wait on the channel until the body is read (Twisted
+        # sets them on the request only then); without them, decide later
+        command = getattr(self.channel, "_command", None)
+        path = getattr(self.channel, "_path", None)
+        if not isinstance(command, bytes) or not isinstance(path, bytes):
+            return True
+        authorization = self.requestHeaders.getRawHeaders(b"authorization")
+        ok: bool = site.tokens.allows(
+            command, path.split(b"?", 1)[0], authorization[-1] if authorization else None
+        )
+        return ok
+
     def handleContentChunk(self, data: bytes) -> None:
-        if self.too_large:
+        if self.too_large or self.refused:
             return
         self._received += len(data)
         limit: int = self.channel.site.max_body  # type: ignore[attr-defined]
@@ -191,15 +209,15 @@ class ForemanSite(Site):
         request.postpath = path.split(b"/")[1:]
         own = own_route(path)
         request.route_class = "foreman" if own else classify(request.method, path).value
-        if request.too_large:
-            return ErrorResource(
-                413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
-            )
         if not self.tokens.allows(request.method, path, request.getHeader(b"authorization")):
             return ErrorResource(
                 401,
                 "unauthorized",
                 "missing or wrong Bearer token",
                 {b"www-authenticate": b'Bearer realm="foreman"'},
+            )
+        if request.too_large:
+            return ErrorResource(
+                413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
             )
         return self.own if own else self.proxy

@@ -704,3 +704,35 @@ def test_nagle_is_turned_off_on_tcp_transports(open_site: Harness) -> None:
     transport = TcpTransport()
     open_site.connect(transport)
     assert transport.no_delay == [True]
+
+
+def test_tokenless_body_is_refused_before_it_is_buffered(locked_site: Harness) -> None:
+    """The token is checked when the headers are in: 401, and the body is never kept."""
+    conn = locked_site.connect()
+    body = b"q" * (MAX_BODY - 1)  # under the limit: would be buffered with a token
+    conn.send(raw_request("POST", "/jobs", headers={"Content-Length": str(len(body))}))
+    request = conn.request
+    assert request.refused and not request.too_large
+    conn.send(body[: len(body) // 2])
+    assert read_buffered(request) == b""
+    conn.send(body[len(body) // 2 :])
+    [reply] = conn.replies("POST")
+    assert reply.status == 401
+    assert reply.json()["error"]["code"] == "unauthorized"
+    assert locked_site.own.seen == []
+
+
+def test_tokenless_oversized_body_is_401_not_413(locked_site: Harness) -> None:
+    conn = locked_site.connect()
+    conn.send(raw_request("POST", "/api/chat", b"z" * (MAX_BODY + 10)))
+    [reply] = conn.replies("POST")
+    assert reply.status == 401
+
+
+def test_a_token_lets_the_body_through_as_before(locked_site: Harness) -> None:
+    conn = locked_site.connect()
+    conn.send(raw_request("POST", "/api/chat", b'{"x": 1}', token=TOKEN))
+    [reply] = conn.replies("POST")
+    assert reply.status == 200
+    assert locked_site.proxy.seen[0].body == b'{"x": 1}'
+    assert not locked_site.reports[0][0].refused
