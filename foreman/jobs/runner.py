@@ -36,7 +36,7 @@ from foreman.target.call import (
     TargetCall,
     TargetError,
 )
-from foreman.target.readbody import read_body, request_with_deadline
+from foreman.target.readbody import fetch
 from foreman.target.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -254,16 +254,13 @@ class JobRunner:
         if self._token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
         try:
-            response = await request_with_deadline(
+            response, body = await fetch(
                 self._upstream.agent,
-                b"GET",
                 self._upstream.url(b"/api/ps"),
                 headers,
                 timeout=METADATA_TIMEOUT,
+                limit=METADATA_LIMIT,
                 clock=self._clock,
-            )
-            body = await read_body(
-                response, limit=METADATA_LIMIT, timeout=METADATA_TIMEOUT, clock=self._clock
             )
         except Exception:
             return False

@@ -29,7 +29,13 @@ from foreman.core.signing import generate_secret, headers_for
 from foreman.outbox.ssrf import guarded_agent
 from foreman.store.database import Store
 from foreman.target.call import BytesProducer
-from foreman.target.readbody import BodyTimeout, BodyTooLarge, read_body
+from foreman.target.readbody import (
+    BodyTimeout,
+    BodyTooLarge,
+    HeadersTimeout,
+    read_body,
+    request_with_deadline,
+)
 
 __all__ = ["Delivery", "load_or_create_secret"]
 
@@ -200,14 +206,19 @@ class Delivery:
         status: int | None = None
         error: str | None = None
         retry_after: float | None = None
-        request = self._agent.request(b"POST", row.url.encode(), headers, BytesProducer(body))
         # one deadline for connecting, the answer's headers and its body
         deadline = self._reactor.seconds() + self._timeout
-        timer = self._reactor.callLater(self._timeout, request.cancel)
         self.attempts += 1
         try:
-            response = await request
-            timer.cancel()
+            response = await request_with_deadline(
+                self._agent,
+                b"POST",
+                row.url.encode(),
+                headers,
+                timeout=self._timeout,
+                clock=self._reactor,
+                body=BytesProducer(body),
+            )
             status = response.code
             raw = response.headers.getRawHeaders(b"retry-after")
             if raw:
@@ -223,11 +234,10 @@ class Delivery:
             )
         except (BodyTooLarge, BodyTimeout):
             pass  # the status is the answer; the connection is closed on the rest
+        except HeadersTimeout:
+            error = "timeout"
         except Exception as e:
-            error = "timeout" if not timer.active() else (str(e) or type(e).__name__)
-        finally:
-            if timer.active():
-                timer.cancel()
+            error = str(e) or type(e).__name__
         outcome = webhook_policy.classify(status, error)
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
         attempts = row.attempts + 1

@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from foreman.core.backoff import monitor_probe_delay
-from foreman.target.readbody import read_body, request_with_deadline
+from foreman.target.readbody import fetch
 
 __all__ = ["CachedBody", "TargetMonitor", "TargetSnapshot"]
 
@@ -190,18 +190,14 @@ class TargetMonitor:
         probing.addCallbacks(self._probed, self._probe_failed)
 
     async def _get(self, path: bytes) -> tuple[IResponse, bytes]:
-        response = await request_with_deadline(
+        return await fetch(
             self._agent,
-            b"GET",
             self._base + path,
             self._headers,
             timeout=self.probe_timeout,
+            limit=PROBE_BODY_LIMIT,
             clock=self._reactor,
         )
-        body = await read_body(
-            response, limit=PROBE_BODY_LIMIT, timeout=self.probe_timeout, clock=self._reactor
-        )
-        return response, body
 
     async def _probe(self) -> None:
         response, body = await self._get(b"/api/version")

@@ -23,6 +23,7 @@ __all__ = [
     "BodyTimeout",
     "BodyTooLarge",
     "HeadersTimeout",
+    "fetch",
     "read_body",
     "request_with_deadline",
 ]
@@ -132,3 +133,14 @@ async def request_with_deadline(
         if timer.active():
             timer.cancel()
     return response
+
+
+async def fetch(
+    agent: Any, url: bytes, headers: Any, *, timeout: float, limit: int, clock: Any
+) -> tuple[IResponse, bytes]:
+    """GET ``url``: headers within ``timeout``, then at most ``limit`` bytes within another."""
+    response = await request_with_deadline(
+        agent, b"GET", url, headers, timeout=timeout, clock=clock
+    )
+    body = await read_body(response, limit=limit, timeout=timeout, clock=clock)
+    return response, body
