@@ -74,11 +74,7 @@ def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, A
             "invalid_priority",
         )
     metadata = body.get("metadata")
-    # counted as stored: UTF-8 bytes, not \u escapes
-    if (
-        metadata is not None
-        and len(json.dumps(metadata, ensure_ascii=False).encode()) > _METADATA_LIMIT
-    ):
+    if metadata is not None and _utf8_size(metadata) > _METADATA_LIMIT:
         raise BadRequest(f"metadata is over {_METADATA_LIMIT} bytes", "metadata_too_large")
     return endpoint, request, webhook_url, priority, metadata
 

@@ -27,8 +27,17 @@ def read_json(request: Any) -> Any:
     if not raw:
         raise BadRequest("request body is empty; expected JSON", "malformed_json")
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}", "malformed_json") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply", "malformed_json") from None
+    if b"\\ud" in raw.lower():  # an escaped surrogate: is each one half of a pair?
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "request body has an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)",
+                "malformed_json",
+            ) from None
+    return doc

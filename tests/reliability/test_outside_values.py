@@ -95,6 +95,13 @@ async def test_metadata_is_counted_in_utf8_bytes(tmp_path: Path) -> None:
         assert fits.status == 202, fits.body
         over = await stack.post("/jobs", {"request": chat("llama3.2"), "metadata": "é" * 9000})
         assert over.status == 400 and over.json()["error"]["code"] == "metadata_too_large"
+        # an unpaired surrogate escape is JSON syntax but no text: a 400, not a 500
+        lone = json.dumps({"request": chat("llama3.2"), "metadata": "\ud800"}).encode()
+        odd = await stack.request("POST", "/jobs", raw=lone)
+        assert odd.status == 400 and odd.json()["error"]["code"] == "malformed_json", odd.body
+        paired = json.dumps({"request": chat("llama3.2"), "metadata": "\U0001f600"}).encode()
+        assert b"\\ud83d" in paired
+        assert (await stack.request("POST", "/jobs", raw=paired)).status == 202
     finally:
         await stack.stop()
 
