@@ -50,7 +50,7 @@ class ForemanRequest(Request):
     """
 
     too_large: bool = False
-    refused: bool = False
+    authorized: bool | None = None  # decided when the headers are in, else by the site
     _received: int = 0
     route_class: str = "other"
     model: str | None = None
@@ -105,21 +105,25 @@ class ForemanRequest(Request):
     def gotLength(self, length: int | None) -> None:
         """Headers are in: refuse a tokenless or oversized body before buffering any of it."""
         site: Any = self.channel.site  # type: ignore[attr-defined]
-        if not self._token_ok(site):
-            self.refused = True  # the answer is 401 whatever the body; do not keep it
+        self.authorized = self._token_ok(site)
+        if self.refused:  # the answer is 401 whatever the body; do not keep it
             length = 0
         elif length is not None and length > site.max_body:
             self.too_large = True
             length = 0
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
-    def _token_ok(self, site: Any) -> bool:
+    @property
+    def refused(self) -> bool:
+        return self.authorized is False
+
+    def _token_ok(self, site: Any) -> bool | None:
         # method and path wait on the channel until the body is read (Twisted
-        # sets them on the request only then); without them, decide later
+        # sets them on the request only then); without them, decide later (None)
         command = getattr(self.channel, "_command", None)
         path = getattr(self.channel, "_path", None)
         if not isinstance(command, bytes) or not isinstance(path, bytes):
-            return True
+            return None
         authorization = self.requestHeaders.getRawHeaders(b"authorization")
         ok: bool = site.tokens.allows(
             command, path.split(b"?", 1)[0], authorization[-1] if authorization else None
@@ -209,7 +213,12 @@ class ForemanSite(Site):
         request.postpath = path.split(b"/")[1:]
         own = own_route(path)
         request.route_class = "foreman" if own else classify(request.method, path).value
-        if not self.tokens.allows(request.method, path, request.getHeader(b"authorization")):
+        authorized = request.authorized
+        if authorized is None:
+            authorized = self.tokens.allows(
+                request.method, path, request.getHeader(b"authorization")
+            )
+        if not authorized:
             return ErrorResource(
                 401,
                 "unauthorized",
