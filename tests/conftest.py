@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -19,6 +19,7 @@ from hypothesis import settings
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from tests.budget import examples
 
@@ -76,3 +77,15 @@ def reactor_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         lines = [f"  selectable: {_describe(s)}" for s in sel]
         lines += [f"  delayed call: {_describe(c)}" for c in calls]
         pytest.fail("test leaked reactor state:\n" + "\n".join(lines), pytrace=False)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[LogEvent]]:
+    """Every log event emitted during the test, in order."""
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)

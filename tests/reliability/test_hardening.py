@@ -160,34 +160,30 @@ async def test_api_ps_that_never_answers_does_not_hold_the_worker(tmp_path: Path
         await rs.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_embed_answered_with_a_list_fails_the_job_clearly(tmp_path: Path) -> None:
-    rs = await rogue_stack(tmp_path)
-    rs.rogue.answers["/api/embed"] = json_answer([1, 2, 3])
-    try:
-        job = await rs.stack.submit(
-            {"model": "nomic-embed-text", "input": "x"}, endpoint="/api/embed"
-        )
-        final = await rs.stack.wait_job(job["id"])
-        assert final["state"] == "failed", final
-        assert final["error"]["code"] == "stream_error", final
-        await _next_job_still_runs(rs.stack)
-    finally:
-        await rs.stop()
-
-
 def _sse(request: Request) -> bytes:
     request.setHeader(b"content-type", b"text/event-stream")
     return b"data: [1]\n\ndata: [DONE]\n\n"
 
 
+_CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
 @pytest_twisted.ensureDeferred
-async def test_sse_event_of_the_wrong_shape_fails_the_job_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("endpoint", "request_body", "answer"),
+    [
+        ("/api/embed", {"model": "nomic-embed-text", "input": "x"}, json_answer([1, 2, 3])),
+        ("/v1/chat/completions", _CHAT, _sse),
+    ],
+    ids=["embed-answered-with-a-list", "sse-event-data-[1]"],
+)
+async def test_an_answer_of_the_wrong_shape_fails_the_job_clearly(
+    tmp_path: Path, endpoint: str, request_body: dict[str, Any], answer: Answer
+) -> None:
     rs = await rogue_stack(tmp_path)
-    rs.rogue.answers["/v1/chat/completions"] = _sse
+    rs.rogue.answers[endpoint] = answer
     try:
-        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
-        job = await rs.stack.submit(body, endpoint="/v1/chat/completions")
+        job = await rs.stack.submit(request_body, endpoint=endpoint)
         final = await rs.stack.wait_job(job["id"])
         assert final["state"] == "failed", final
         assert final["error"]["code"] == "stream_error", final

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
@@ -177,17 +176,6 @@ def make(
 
 def timers(clock: Clock) -> list[float]:
     return sorted(c.getTime() for c in clock.getDelayedCalls())
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 ONE_PROBE = [b"/api/version", b"/api/ps", b"/api/tags"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -56,66 +57,46 @@ class Sender(Resource):
         return NOT_DONE_YET
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[Sender, list[Any]]]:
+@asynccontextmanager
+async def serving() -> AsyncIterator[tuple[Sender, Agent, str]]:
+    """A Sender on loopback and an Agent for it; everything closed afterwards."""
     sender = Sender()
-    ports: list[Any] = []
-    yield sender, ports
-    for timer in sender.timers:
-        if timer.active():
-            timer.cancel()
-
-
-async def _open(sender: Sender) -> tuple[Any, str, HTTPConnectionPool]:
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(sender))
     pool = HTTPConnectionPool(reactor, persistent=False)
-    return port, f"http://127.0.0.1:{port.getHost().port}", pool
+    try:
+        yield sender, Agent(reactor, pool=pool), f"http://127.0.0.1:{port.getHost().port}"
+    finally:
+        for timer in sender.timers:
+            if timer.active():
+                timer.cancel()
+        await pool.closeCachedConnections()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_flood_past_the_limit_is_refused_and_the_connection_closed(
-    server: tuple[Sender, list[Any]],
-) -> None:
-    sender, _ = server
-    port, url, pool = await _open(sender)
-    try:
-        agent = Agent(reactor, pool=pool)
+async def test_a_flood_past_the_limit_is_refused_and_the_connection_closed() -> None:
+    async with serving() as (sender, agent, url):
         response = await agent.request(b"GET", (url + "/flood").encode())
         with pytest.raises(BodyTooLarge):
             await read_body(response, limit=1_000_000, timeout=10, clock=reactor)
         await sender.gone[0]  # the sender saw the connection close
         ok = await agent.request(b"GET", (url + "/ok").encode())
         assert await read_body(ok, limit=1000, timeout=10, clock=reactor) == b"x" * 1000
-    finally:
-        await pool.closeCachedConnections()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_trickle_past_the_deadline_is_cut_off(server: tuple[Sender, list[Any]]) -> None:
-    sender, _ = server
-    port, url, pool = await _open(sender)
-    try:
-        agent = Agent(reactor, pool=pool)
+async def test_a_trickle_past_the_deadline_is_cut_off() -> None:
+    async with serving() as (sender, agent, url):
         response = await agent.request(b"GET", (url + "/trickle").encode())
         with pytest.raises(BodyTimeout):
             await read_body(response, limit=1_000_000, timeout=0.3, clock=reactor, keep=False)
         await sender.gone[0]
-    finally:
-        await pool.closeCachedConnections()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_headers_that_never_come_time_out(server: tuple[Sender, list[Any]]) -> None:
-    sender, _ = server
-    port, url, pool = await _open(sender)
-    try:
-        agent = Agent(reactor, pool=pool)
+async def test_headers_that_never_come_time_out() -> None:
+    async with serving() as (_, agent, url):
         with pytest.raises(HeadersTimeout):
             await request_with_deadline(
                 agent, b"GET", (url + "/hang").encode(), None, timeout=0.3, clock=reactor
             )
-    finally:
-        await pool.closeCachedConnections()
-        await port.stopListening()

@@ -6,14 +6,13 @@ each test is synchronous and takes microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 from foreman.target.call import SHUTDOWN, TargetError
@@ -143,17 +142,6 @@ def clock() -> Clock:
 @pytest.fixture
 def h(clock: Clock) -> Harness:
     return make(clock)
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    observer = cast(ILogObserver, events.append)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 def test_the_fake_runner_is_a_job_runner() -> None:
