@@ -336,7 +336,8 @@ SETTINGS: tuple[Setting, ...] = (
         "job-idle-timeout",
         "15m",
         _positive_duration,
-        "a job attempt whose target sends nothing this long is retried (cold loads count)",
+        "a target that sends nothing this long (cold loads count): a job attempt is"
+        " retried, an interactive request gets 504 or is cut",
     ),
     Setting(
         "simulate",

@@ -83,7 +83,12 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     jobs.loaded = lambda: worker.loaded
     jobs.live_tokens = lambda job_id: runner.tokens if runner.job_id == job_id else None
     proxy = ProxyResource(
-        reactor, upstream, queue, monitor=monitor, target_token=config.target_token
+        reactor,
+        upstream,
+        queue,
+        monitor=monitor,
+        target_token=config.target_token,
+        idle_timeout=config.job_idle_timeout,
     )
     parts = Parts(
         config=config,

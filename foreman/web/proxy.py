@@ -124,6 +124,7 @@ class ProxyResource(Resource):
         monitor: TargetMonitor | None = None,
         target_token: str | None = None,
         metadata_timeout: float = 30.0,
+        idle_timeout: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -132,6 +133,9 @@ class ProxyResource(Resource):
         self.admission = admission
         self.monitor = monitor
         self.metadata_timeout = metadata_timeout
+        # an inference relay whose target sends nothing (headers or a byte) this
+        # long is ended: a cold load or a slow token is far shorter
+        self.idle_timeout = idle_timeout
         self.clock = clock
         self._target_auth = (
             b"Authorization: Bearer %s\r\n" % target_token.encode() if target_token else None
@@ -260,6 +264,9 @@ class _Exchange(Protocol):
     client_gone = False
     producing = False  # upstream transport registered as producer on the request
     done = False
+    timed_out = False  # the target went silent past the limit
+    _silence: Any = None  # IDelayedCall watching for a silent target
+    _heard_at = 0.0
 
     def __init__(
         self,
@@ -331,22 +338,53 @@ class _Exchange(Protocol):
         d = proxy.upstream.relay(
             request.method, request.uri, proxy.forward_headers(request), self.body
         )
-        if self.kind is RouteClass.METADATA:
-            d.addTimeout(proxy.metadata_timeout, proxy.reactor)
         self.pending = d
+        self._heard_at = proxy.reactor.seconds()
+        self._silence = proxy.reactor.callLater(self._silence_limit(), self._silent)
         d.addCallbacks(self._got_response, self._upstream_failed)
+
+    # -- a target that goes silent -------------------------------------------
+
+    def _silence_limit(self) -> float:
+        proxy = self.proxy
+        return proxy.metadata_timeout if self.kind is RouteClass.METADATA else proxy.idle_timeout
+
+    def _silent(self) -> None:
+        """Nothing from the target for the limit: end the relay (504, or a cut body).
+
+        Each byte only stamps ``_heard_at``; the timer, when it fires, sleeps
+        again for what is left, so a stream costs no timer work per chunk.
+        """
+        reactor = self.proxy.reactor
+        left = self._heard_at + self._silence_limit() - reactor.seconds()
+        if left > 0:
+            self._silence = reactor.callLater(left, self._silent)
+            return
+        self._silence = None
+        self.timed_out = True
+        if self.pending is not None:
+            self.pending.cancel()  # no answer yet: _upstream_failed answers 504
+        elif self.transport is not None and not self.done:
+            transport: Any = self.transport
+            transport.stopProducing()  # mid-body: connectionLost cuts the client
+
+    def _stop_watching(self) -> None:
+        silence, self._silence = self._silence, None
+        if silence is not None and silence.active():
+            silence.cancel()
 
     def _upstream_failed(self, failure: Failure) -> None:
         self.pending = None
+        self._stop_watching()
         self._release()
         if self.client_gone:
             return
         proxy = self.proxy
         request = self.request
         target = proxy.upstream.base_url.decode()
-        if failure.check(TimeoutError, CancelledError):
+        if self.timed_out or failure.check(TimeoutError, CancelledError):
             status, code = 504, "target_timeout"
-            message = f"target {target} did not answer within {proxy.metadata_timeout:g} s"
+            message = f"target {target} did not answer within {self._silence_limit():g} s"
         elif failure.check(*_UNREACHABLE):
             if self._requeue(failure):
                 return
@@ -382,6 +420,7 @@ class _Exchange(Protocol):
 
     def _got_response(self, response: IResponse) -> None:
         self.pending = None
+        self._heard_at = self.proxy.reactor.seconds()
         if self.client_gone:
             response.deliverBody(self)  # connectionMade stops the transport
             return
@@ -426,11 +465,13 @@ class _Exchange(Protocol):
             self.request.registerProducer(transport, True)
 
     def dataReceived(self, data: bytes) -> None:
+        self._heard_at = self.proxy.reactor.seconds()
         if not self.client_gone:
             self.request.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.done = True
+        self._stop_watching()
         self._release()
         if self.client_gone:
             return
@@ -441,10 +482,11 @@ class _Exchange(Protocol):
             request.finish()
             return
         # The target cut the body short: the client must not take it as complete.
+        error = f"silent for {self._silence_limit():g} s" if self.timed_out else _describe(reason)
         _log.info(
             "target cut the response to {method} {path}: {error}",
             method=request.method.decode(),
             path=request.path.decode(),
-            error=_describe(reason),
+            error=error,
         )
         request.loseConnection()

@@ -312,3 +312,41 @@ async def test_a_fault_at_every_await_point_of_an_attempt_ends_in_a_state(tmp_pa
     finally:
         monkey.undo()
         await stack.stop()
+
+
+def _one_chunk_then_silence(request: Request) -> int:
+    """A streamed answer that starts, then never sends another byte."""
+    request.setHeader(b"content-type", b"application/x-ndjson")
+    request.write(
+        b'{"model":"llama3.2","message":{"role":"assistant","content":"a"},"done":false}\n'
+    )
+    return NOT_DONE_YET
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_interactive_request_to_a_silent_target_ends_and_frees_the_worker(
+    tmp_path: Path,
+) -> None:
+    rs = await rogue_stack(tmp_path, job_idle_timeout=0.5)
+    stack = rs.stack
+    try:
+        # no headers at all: 504 in Ollama's shape, after the idle limit
+        rs.rogue.answers["/api/chat"] = rs.rogue.hang
+        silent = await stack.post("/api/chat", chat("llama3.2", "hello?"))
+        assert silent.status == 504, silent.body
+        assert silent.json() == {
+            "error": f"target {stack.daemon.config.target_url} did not answer within 0.5 s"
+        }
+        # a stream that stops mid-way: the client's connection is cut, not ended cleanly
+        rs.rogue.answers["/api/chat"] = _one_chunk_then_silence
+        with pytest.raises(Exception):  # noqa: B017 - treq reports the cut as ResponseFailed
+            await stack.post("/api/chat", chat("llama3.2", "and you?", stream=True))
+        # the worker is free again: the next request is answered
+        del rs.rogue.answers["/api/chat"]
+        rs.rogue.release()
+        fine = await stack.post("/api/chat", chat("llama3.2", "after", stream=False))
+        assert fine.status == 200, fine.body
+        assert fine.json()["message"]["content"] == reply_text("llama3.2", "after", 8)
+        await until(lambda: stack.daemon.worker.state == "idle")
+    finally:
+        await rs.stop()
