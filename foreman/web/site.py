@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -24,22 +25,72 @@ from foreman.core.logtext import escape_for_log
 from foreman.core.routeclass import classify
 from foreman.store.database import StoreClosed
 from foreman.web.auth import TokenCheck
-from foreman.web.errorbody import error_body, family_of, own_route
+from foreman.web.errorbody import Family, error_body, family_of, own_route
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
 
 IDLE_CONNECTION_TIMEOUT = 300
+# A request's head (request line and headers) must arrive within this many
+# seconds of its first byte, and its body within BODY_DEADLINE of the head: a
+# client trickling a byte now and then is cut off instead of holding a
+# connection for as long as it likes. 16 MiB in 120 s is about 1.1 Mbit/s.
+HEAD_DEADLINE = 30.0
+BODY_DEADLINE = 120.0
 
 _log = Logger()
 
 
 class _NoDelayChannel(HTTPChannel):
-    """HTTP channel with Nagle off: small writes must not wait for a delayed ACK."""
+    """HTTP channel with Nagle off, and deadlines for receiving a request.
+
+    Nagle is off because small writes must not wait for a delayed ACK. Twisted's
+    own timeout restarts with every byte; the deadlines here do not
+    (``HEAD_DEADLINE``, ``BODY_DEADLINE``).
+    """
+
+    _deadline: Any = None  # IDelayedCall for the part of a request being received
+    reading_head = True  # between requests, or inside a request's head
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
         with contextlib.suppress(AttributeError, OSError):  # not TCP: a unix socket
             self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.reading_head and self._deadline is None and data.strip():
+            self.expect("head", HEAD_DEADLINE)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def expect(self, part: str, seconds: float) -> None:
+        """The request's ``part`` must be in within ``seconds``, or the connection ends."""
+        self.received()
+        reactor: Any = self.site.reactor  # type: ignore[attr-defined]
+        self._deadline = reactor.callLater(seconds, self._too_slow, part, seconds)
+
+    def received(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _too_slow(self, part: str, seconds: float) -> None:
+        self._deadline = None
+        body = error_body(
+            Family.FOREMAN,
+            408,
+            "request_timeout",
+            f"the request's {part} did not arrive within {seconds:g} s",
+        )
+        head = (
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        transport: Any = self.transport
+        transport.write(head + body)
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.received()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 class ForemanRequest(Request):
@@ -58,7 +109,10 @@ class ForemanRequest(Request):
     started: float = 0.0
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self.started = self.channel.site.reactor.seconds()  # type: ignore[attr-defined]
+        channel: Any = self.channel
+        channel.received()
+        channel.reading_head = True  # what comes next on the connection is a new request
+        self.started = channel.site.reactor.seconds()
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     def finish(self) -> None:
@@ -104,7 +158,10 @@ class ForemanRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         """Headers are in: refuse a tokenless or oversized body before buffering any of it."""
-        site: Any = self.channel.site  # type: ignore[attr-defined]
+        channel: Any = self.channel
+        channel.reading_head = False
+        channel.expect("body", BODY_DEADLINE)
+        site: Any = channel.site
         self.authorized = self._token_ok(site)
         if self.refused:  # the answer is 401 whatever the body; do not keep it
             length = 0

@@ -25,7 +25,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from foreman.web.auth import TokenCheck
-from foreman.web.site import IDLE_CONNECTION_TIMEOUT, ForemanRequest, ForemanSite
+from foreman.web.site import (
+    BODY_DEADLINE,
+    HEAD_DEADLINE,
+    IDLE_CONNECTION_TIMEOUT,
+    ForemanRequest,
+    ForemanSite,
+)
 
 MAX_BODY = 1000
 TOKEN = "s3cret-token"
@@ -736,3 +742,51 @@ def test_a_token_lets_the_body_through_as_before(locked_site: Harness) -> None:
     assert reply.status == 200
     assert locked_site.proxy.seen[0].body == b'{"x": 1}'
     assert not locked_site.reports[0][0].refused
+
+
+def _timed_out(conn: Connection) -> Reply:
+    [reply] = parse_replies(conn.transport.value(), [b"POST"])
+    assert conn.transport.disconnecting
+    return reply
+
+
+def test_a_head_trickled_past_its_deadline_gets_408_and_the_connection_ends(
+    open_site: Harness,
+) -> None:
+    conn = open_site.connect()
+    conn.send(b"POST /api/chat HTTP/1.1\r\nHost: foreman.test\r\n")
+    for _ in range(int(HEAD_DEADLINE) - 1):  # a byte a second resets Twisted's idle timer
+        open_site.clock.advance(1)
+        conn.send(b"X")
+    assert conn.transport.value() == b""
+    open_site.clock.advance(1)
+    reply = _timed_out(conn)
+    assert reply.status == 408
+    assert reply.json()["error"]["code"] == "request_timeout"
+    assert "head" in reply.json()["error"]["message"]
+    assert open_site.proxy.seen == []
+
+
+def test_a_body_trickled_past_its_deadline_gets_408(open_site: Harness) -> None:
+    conn = open_site.connect()
+    conn.send(raw_request("POST", "/jobs", headers={"Content-Length": "1000"}))
+    open_site.clock.advance(HEAD_DEADLINE + 1)  # the head arrived in time: only the body counts
+    assert conn.transport.value() == b""
+    conn.send(b"{" * 10)
+    open_site.clock.advance(BODY_DEADLINE - HEAD_DEADLINE - 1)
+    reply = _timed_out(conn)
+    assert reply.status == 408 and "body" in reply.json()["error"]["message"]
+    assert open_site.own.seen == []
+
+
+def test_requests_in_time_leave_no_deadline_behind(open_site: Harness) -> None:
+    conn = open_site.connect()
+    conn.send(raw_request("POST", "/api/chat", b'{"x": 1}'))
+    conn.send(raw_request("GET", "/jobs"))
+    assert [r.status for r in conn.replies("POST", "GET")] == [200, 200]
+    now = open_site.clock.seconds()
+    # only Twisted's idle-connection timer is left, no request deadline
+    left = [c.getTime() - now for c in open_site.clock.getDelayedCalls()]
+    assert left == [IDLE_CONNECTION_TIMEOUT]
+    open_site.clock.advance(BODY_DEADLINE + 1)  # an idle keep-alive connection is not cut
+    assert not conn.transport.disconnecting
