@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
+from foreman.core.forwarding import TrustedProxies
+
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "load_config", "parse_duration"]
 
 
@@ -234,6 +236,14 @@ SETTINGS: tuple[Setting, ...] = (
         "base URL used in webhook payloads and artifact links (default: from request)",
     ),
     Setting(
+        "trusted_proxies",
+        "FOREMAN_TRUSTED_PROXIES",
+        "trusted-proxies",
+        "127.0.0.0/8,::1",
+        TrustedProxies.parse,
+        "peers whose X-Forwarded-Host/-Proto are believed (IPs or networks, comma-separated)",
+    ),
+    Setting(
         "webhook_secret",
         "FOREMAN_WEBHOOK_SECRET",
         None,
@@ -374,6 +384,7 @@ class Config:
     data_dir: Path = _default("data_dir")  # noqa: RUF009 - a Path is immutable
     api_tokens: tuple[str, ...] | None = _secret_field()
     public_url: str | None = _default("public_url")
+    trusted_proxies: TrustedProxies = _default("trusted_proxies")  # noqa: RUF009 - frozen
     webhook_secret: str | None = _secret_field()
     webhook_allow_private: bool = _default("webhook_allow_private")
     max_queue: int = _default("max_queue")

@@ -25,6 +25,7 @@ from foreman.app.services import (
     settle,
 )
 from foreman.app.wiring import build_parts, build_site
+from foreman.core.forwarding import TrustedProxies
 from foreman.jobs.hub import JobHub
 from foreman.jobs.runner import JobRunner
 from foreman.jobs.service import JobService
@@ -162,6 +163,10 @@ class Daemon:
     @property
     def public_url(self) -> str | None:
         return self.config.public_url
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        return self.config.trusted_proxies
 
     @property
     def accepting(self) -> bool:

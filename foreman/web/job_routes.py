@@ -14,6 +14,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
+from foreman.core.forwarding import TrustedProxies
 from foreman.core.ids import JOB_ID
 from foreman.core.jobstate import JobState
 from foreman.core.jobview import ARTIFACT_TYPES
@@ -48,10 +49,13 @@ def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def request_base_url(request: Any) -> str:
-    """The URL clients used to reach foreman, honouring a reverse proxy's forwarded headers."""
-    proto = request.getHeader(b"x-forwarded-proto")
-    host = request.getHeader(b"x-forwarded-host") or request.getHeader(b"host")
+def request_base_url(request: Any, trusted: TrustedProxies) -> str:
+    """The URL clients used to reach foreman; a trusted proxy's forwarded headers win."""
+    proto = host = None
+    if trusted.trusts(getattr(request.getClientAddress(), "host", None)):
+        proto = request.getHeader(b"x-forwarded-proto")
+        host = request.getHeader(b"x-forwarded-host")
+    host = host or request.getHeader(b"host")
     scheme = proto.decode().split(",")[0].strip() if proto else None
     if not scheme:
         scheme = "https" if request.isSecure() else "http"
@@ -80,7 +84,8 @@ def register(app: Klein, daemon: DaemonView) -> None:
                     "Idempotency-Key must be 1 to 255 visible ASCII characters", "invalid_header"
                 )
         try:
-            job, created = await jobs.create(body, key, request_base_url(request))
+            base = request_base_url(request, daemon.trusted_proxies)
+            job, created = await jobs.create(body, key, base)
         except IdempotencyConflict as e:
             return json_error(
                 request,

@@ -64,7 +64,7 @@ def _register_ops(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi(request: Any) -> bytes:
-        base = daemon.public_url or job_routes.request_base_url(request)
+        base = daemon.public_url or job_routes.request_base_url(request, daemon.trusted_proxies)
         return json_response(request, openapi_document(base))
 
     @app.route("/status", methods=["GET"])

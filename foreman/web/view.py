@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
+from foreman.core.forwarding import TrustedProxies
 from foreman.jobs.service import JobService
 from foreman.ops.metrics import Metrics
 from foreman.store.database import Store
@@ -32,6 +33,9 @@ class DaemonView(Protocol):
 
     @property
     def public_url(self) -> str | None: ...
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies: ...
 
     @property
     def accepting(self) -> bool:

@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 
 from foreman.core import jobstate
 from foreman.core.errors import BadRequest
+from foreman.core.forwarding import TrustedProxies
 from foreman.core.ids import JOB_ID
 from foreman.core.scheduler import Scheduler
 from foreman.jobs.artifacts import ArtifactStore
@@ -84,6 +85,9 @@ class View:
     queue: WorkQueue
     worker: Worker
     public_url: str | None = None
+    trusted_proxies: TrustedProxies = attrs.field(
+        factory=lambda: TrustedProxies.parse("127.0.0.0/8,::1")
+    )
     accepting: bool = True
     aborted: list[str] = attrs.field(factory=list)
 
@@ -352,6 +356,18 @@ async def test_create_honours_forwarded_headers_in_urls(api: Api) -> None:
     assert reply.status == 202, reply
     job = reply.json()
     url = f"https://ai.example.com/jobs/{job['id']}/artifacts/request.json"
+    assert job["artifacts"][0]["url"] == url
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(api: Api) -> None:
+    api.view.trusted_proxies = TrustedProxies.parse("")  # nobody: not even loopback
+    body = json.dumps({"request": CHAT}).encode()
+    forged = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example", "Host": "ai.lan"}
+    reply = await api.call("POST", "/jobs", body, forged)
+    assert reply.status == 202, reply
+    job = reply.json()
+    url = f"http://ai.lan/jobs/{job['id']}/artifacts/request.json"
     assert job["artifacts"][0]["url"] == url
 
 
