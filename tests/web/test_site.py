@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import attrs
@@ -790,3 +791,34 @@ def test_requests_in_time_leave_no_deadline_behind(open_site: Harness) -> None:
     assert left == [IDLE_CONNECTION_TIMEOUT]
     open_site.clock.advance(BODY_DEADLINE + 1)  # an idle keep-alive connection is not cut
     assert not conn.transport.disconnecting
+
+
+def _every_route() -> list[str]:
+    """foreman's own routes (from its OpenAPI document) and every route it relays."""
+    from foreman.core.routeclass import INFERENCE_ROUTES
+    from foreman.web.openapi import openapi_document
+
+    own = [
+        re.sub(r"\{[^}]+\}", "response.json", p.replace("{job_id}", "job_" + "0" * 26))
+        for p in openapi_document("http://foreman.test")["paths"]
+    ]
+    relayed = [p.decode() for p in sorted(INFERENCE_ROUTES)]
+    return [*own, *relayed, "/", "/api/tags", "/api/ps", "/v1/models", "/api/nope"]
+
+
+_OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/healthz"), ("HEAD", "/healthz")}
+_OPEN |= {("GET", "/readyz"), ("HEAD", "/readyz")}
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", TOKEN], ids=["none", "wrong", "right"])
+def test_every_route_and_method_by_token(locked_site: Harness, token: str | None) -> None:
+    """The walk: only GET/HEAD of /, /healthz and /readyz go without the token."""
+    seen = []
+    for path in _every_route():
+        for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            body = b'{"model": "m"}' if method in ("POST", "PUT", "PATCH") else None
+            reply = locked_site.request(method, path, body, token=token)
+            allowed = token == TOKEN or (method, path) in _OPEN
+            seen.append((method, path, reply.status))
+            assert (reply.status != 401) == allowed, (method, path, token, reply)
+    assert len(seen) >= 7 * 20
