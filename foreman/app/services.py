@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from foreman.app.parts import Parts
-from foreman.store.database import Store
+from foreman.store.database import Store, check_writable
 from foreman.store.migrations import migrate
 
 __all__ = ["ListenService", "OrderedServices", "PartService", "services_for", "settle"]
@@ -132,7 +132,8 @@ def services_for(parts: Parts, listen: ListenService) -> OrderedServices:
 async def _open_store(store: Store) -> None:
     store.start()
     # twistd's start-up checks migrated already; in-process starts rely on this
-    await store.read(migrate)
+    await store.on_writer(migrate)
+    await store.write(check_writable)
 
 
 async def _start_work(parts: Parts) -> None:

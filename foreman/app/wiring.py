@@ -70,7 +70,12 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     )
     runner.on_load = metrics.model_loaded
     worker = Worker(
-        reactor=reactor, queue=queue, runner=runner, monitor=monitor, wake=_waker(config)
+        reactor=reactor,
+        queue=queue,
+        runner=runner,
+        monitor=monitor,
+        wake=_waker(config),
+        storage=store,
     )
     worker.on_dispatch = lambda item, waited: metrics.dispatched(item.kind, waited)
     delivery = Delivery(

@@ -1,10 +1,14 @@
-"""The SQLite store: one connection in one adbapi thread, the only writer.
+"""The SQLite store: one writer connection in one adbapi thread, one reader beside it.
 
 Writes go through a group committer: every write submitted while a
 transaction is running joins the next one, so N concurrent job creations
 cost one ``fsync`` (``synchronous=FULL``) instead of N, while each caller's
 Deferred still fires only after *its* write is committed. Each write runs in
 its own SAVEPOINT, so one failing write rolls back alone.
+
+Reads run on a second connection in its own thread (WAL lets a reader work
+while a writer commits), so ``GET /jobs`` and ``/healthz`` never wait behind
+a slow or locked write. The reader is ``query_only``: it cannot write.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from foreman.store.migrations import migrate
 
-__all__ = ["Store", "StoreClosed", "configure_connection", "open_sync"]
+__all__ = ["Store", "StoreClosed", "check_writable", "configure_connection", "open_sync"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -40,11 +44,42 @@ def configure_connection(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
+def configure_reader(conn: sqlite3.Connection) -> None:
+    configure_connection(conn)
+    conn.execute("PRAGMA query_only = ON")
+
+
+def check_writable(conn: sqlite3.Connection) -> None:
+    """One real write: a read-only file or a full disk shows at start, not at the first job."""
+    in_transaction = conn.in_transaction
+    if not in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        # written and taken back in one transaction: a real write, no trace
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('_probe', '1')")
+        conn.execute("DELETE FROM settings WHERE key = '_probe'")
+    except BaseException:
+        if not in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if not in_transaction:
+        conn.execute("COMMIT")
+
+
+def _is_trouble(failure: Failure) -> bool:
+    """A failure of the database itself (locked, read-only, full), not of one write's data."""
+    return bool(
+        failure.check(sqlite3.OperationalError, sqlite3.DatabaseError)
+        and not failure.check(sqlite3.IntegrityError)
+    )
+
+
 def open_sync(path: Path) -> sqlite3.Connection:
     """A configured, migrated connection for use before the reactor runs."""
     conn = sqlite3.connect(str(path), check_same_thread=False)
     configure_connection(conn)
     migrate(conn)
+    check_writable(conn)
     return conn
 
 
@@ -64,10 +99,13 @@ class Store:
 
     path: Path
     _pool: Any = field(default=None, init=False)
+    _reader: Any = field(default=None, init=False)
     _pending: list[_Pending] = field(factory=list, init=False)
     _flushing: bool = field(default=False, init=False)
     #: commit latency samples (seconds) for metrics; the owner drains it
     commit_observer: Callable[[float, int], None] | None = None
+    #: why the last write failed for the database's own sake; None once one succeeds
+    write_problem: str | None = field(default=None, init=False)
 
     def start(self) -> None:
         from twisted.enterprise import adbapi
@@ -82,16 +120,37 @@ class Store:
             cp_noisy=False,
         )
         self._pool.start()
+        self._reader = adbapi.ConnectionPool(
+            "sqlite3",
+            str(self.path),
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=configure_reader,
+            cp_noisy=False,
+        )
+        self._reader.start()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        for pool in (self._reader, self._pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._reader = None
 
     def read(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
     ) -> Deferred[T]:
-        """Run ``fn(conn, *args)`` on the connection outside any write transaction."""
+        """Run ``fn(conn, *args)`` on the reader: the last committed state, no waiting."""
+        pool = self._reader
+        if pool is None:
+            return fail(StoreClosed("the database is closed"))
+        d: Deferred[T] = pool.runWithConnection(lambda c: fn(c._connection, *args, **kw))
+        return d
+
+    def on_writer(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> Deferred[T]:
+        """Run ``fn(conn, *args)`` on the writer, outside the group commit (migrations)."""
         d: Deferred[T] = self._pool.runWithConnection(lambda c: fn(c._connection, *args, **kw))
         return d
 
@@ -104,6 +163,10 @@ class Store:
         if not self._flushing:
             self._flush()
         return d
+
+    def probe(self) -> None:
+        """Try one write, so ``write_problem`` clears once the database takes writes again."""
+        self.write(check_writable).addErrback(lambda _: None)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -118,6 +181,8 @@ class Store:
             self._flushing = False
             if self.commit_observer is not None:
                 self.commit_observer(time.monotonic() - started, len(batch))
+            trouble = [v for ok, v in results if not ok and _is_trouble(v)]
+            self._set_problem(trouble[0] if trouble else None)
             for pending, (ok, value) in zip(batch, results, strict=True):
                 if ok:
                     pending.deferred.callback(value)
@@ -129,6 +194,7 @@ class Store:
         def failed(reason: Failure) -> None:
             # The COMMIT itself failed (disk full, I/O error): nobody's write stuck.
             self._flushing = False
+            self._set_problem(reason)
             _log.failure("group commit failed", reason)
             for pending in batch:
                 pending.deferred.errback(reason)
@@ -137,6 +203,19 @@ class Store:
 
         d = self._pool.runWithConnection(lambda c: _run_batch(c._connection, batch))
         d.addCallbacks(done, failed)
+
+    def _set_problem(self, failure: Failure | None) -> None:
+        problem = None if failure is None else _describe(failure)
+        if problem != self.write_problem:
+            if problem is None:
+                _log.info("the database takes writes again")
+            else:
+                _log.warn("the database refuses writes: {problem}", problem=problem)
+        self.write_problem = problem
+
+
+def _describe(failure: Failure) -> str:
+    return f"{type(failure.value).__name__}: {failure.value}"
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:

@@ -52,8 +52,13 @@ def _register_ops(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/readyz", methods=["GET", "HEAD"])
     def readyz(request: Any) -> bytes:
-        ready = daemon.accepting
-        body = {"ready": ready, "target": daemon.target_state()}
+        store = daemon.jobs.store
+        problem = store.write_problem
+        ready = daemon.accepting and problem is None
+        body: dict[str, Any] = {"ready": ready, "target": daemon.target_state()}
+        if problem is not None:
+            body["database"] = problem  # why not ready; the probe clears it once writable
+            store.probe()
         return json_response(request, body, 200 if ready else 503)
 
     @app.route("/metrics", methods=["GET"])

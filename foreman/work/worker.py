@@ -40,6 +40,17 @@ class JobRunner(Protocol):
         """Abort the running attempt's target call."""
 
 
+class StorageHealth(Protocol):
+    """What the worker needs of the store (``foreman.store.database.Store``)."""
+
+    @property
+    def write_problem(self) -> str | None:
+        """Why the database refuses writes now, or None."""
+
+    def probe(self) -> None:
+        """Try a write, so ``write_problem`` clears once writes work again."""
+
+
 class _WorkerSlot:
     """Handed to the proxy; ``release`` lets the worker go on."""
 
@@ -65,6 +76,7 @@ class Worker:
         wake: Callable[[], None] | None = None,
         wake_interval: float = 60.0,
         poke_interval: float = 5.0,
+        storage: StorageHealth | None = None,
     ) -> None:
         self._reactor = reactor
         self._queue = queue
@@ -72,6 +84,7 @@ class Worker:
         self._monitor = monitor
         self._wake = wake
         self._wake_interval = wake_interval
+        self._storage = storage
         # while work waits for a down target, probe at least this often (the
         # monitor's own backoff grows to 30 s; a box that just woke should not wait)
         self._poke_interval = poke_interval
@@ -107,6 +120,8 @@ class Worker:
             item = self._queue.pick(self.loaded)
             if item is None:
                 continue
+            if self._storage_refuses(item):
+                continue
             try:
                 await self._dispatch(item)
             except Exception:  # never lets the one worker die; the job is put back
@@ -114,8 +129,18 @@ class Worker:
                 self._put_back(item)
         self.state = "stopped"
 
+    def _storage_refuses(self, item: Waiting) -> bool:
+        """A job waits while the database refuses writes (an attempt would be lost)."""
+        storage = self._storage
+        if item.kind == INTERACTIVE or storage is None or storage.write_problem is None:
+            return False
+        self.state = "waiting_for_database"
+        storage.probe()
+        self._put_back(item)
+        return True
+
     def _put_back(self, item: Waiting) -> None:
-        """A job whose run raised goes back to the queue, after a pause."""
+        """A job that could not run now goes back to the queue, after a pause."""
         if item.kind == INTERACTIVE:
             return  # its client's request ends with the proxy's error
         not_before = self._queue.clock() + RECORD_RETRY.delay(1)

@@ -19,7 +19,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 
-from foreman.store.database import Store, StoreClosed, open_sync
+from foreman.store.database import Store, StoreClosed, check_writable, open_sync
 
 reactor: Any = _reactor
 GATE_SECONDS = 5.0
@@ -279,8 +279,71 @@ async def test_a_write_on_a_closed_store_does_not_wedge_a_restart(path: Path) ->
     s.start()
     try:
         d = s.write(put("after restart"))
-        await s.read(keys)  # the database thread has caught up with the write, if submitted
+        # the writer thread catches up with the write, if it was submitted
+        await s.on_writer(keys)
         assert d.called, "write after restart never ran"
         assert await d == "after restart"
     finally:
         s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_write_problem_is_set_by_database_trouble_and_cleared_by_a_write(
+    store: tuple[Store, Batches],
+) -> None:
+    s, _ = store
+    await s.write(put("a"))
+    assert s.write_problem is None
+    # a duplicate key is the write's own fault, not the database's
+    with pytest.raises(sqlite3.IntegrityError):
+        await s.write(put("a"))
+    assert s.write_problem is None
+
+    def locked(c: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError):
+        await s.write(locked)
+    assert s.write_problem == "OperationalError: database is locked"
+    s.probe()  # one real write; it succeeds, so the problem clears
+    await s.write(put("b"))
+    assert s.write_problem is None
+
+
+def test_check_writable_refuses_a_read_only_database(path: Path) -> None:
+    open_sync(path).close()  # created, migrated and written once
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            check_writable(ro)
+        assert not ro.in_transaction
+    finally:
+        ro.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_do_not_wait_behind_a_held_write(store: tuple[Store, Batches]) -> None:
+    """A write stuck in its transaction (a slow disk, a lock) does not hold up reads."""
+    s, _ = store
+    await s.write(put("a"))
+    release = threading.Event()
+
+    def slow(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO settings (key, value) VALUES ('b', 'v')")
+        release.wait(10)
+
+    held = s.write(slow)
+    try:
+        assert await s.read(keys) == ["a"]  # the committed state, while the write is open
+        assert not held.called
+    finally:
+        release.set()
+    await held
+    assert await s.read(keys) == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reader_cannot_write(store: tuple[Store, Batches]) -> None:
+    s, _ = store
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await s.read(put("sneaky"))

@@ -226,7 +226,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     store.commit_observer = metrics.commit
     store.start()
     try:
-        await store.read(migrate)
+        await store.on_writer(migrate)
         queue = WorkQueue(Scheduler(600.0), 16, clock, clock=clock.seconds)
         artifacts = ArtifactStore(tmp_path / "artifacts")
         jobs = JobService(
@@ -845,6 +845,23 @@ async def test_readyz_follows_accepting(api: Api) -> None:
     reply = await api.get("/readyz")
     assert (reply.status, reply.json()) == (503, {"ready": False, "target": "up"})
     api.view.accepting = True
+    reply = await api.get("/readyz")
+    assert (reply.status, reply.json()) == (200, {"ready": True, "target": "up"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_says_why_while_the_database_refuses_writes(api: Api) -> None:
+    store = api.view.jobs.store
+    store.write_problem = "OperationalError: database or disk is full"
+    reply = await api.get("/readyz")
+    assert reply.status == 503
+    assert reply.json() == {
+        "ready": False,
+        "target": "up",
+        "database": "OperationalError: database or disk is full",
+    }
+    # the answer started a probe write; the database takes it, so ready again
+    await until(lambda: store.write_problem is None, api.stub)
     reply = await api.get("/readyz")
     assert (reply.status, reply.json()) == (200, {"ready": True, "target": "up"})
 

@@ -718,3 +718,34 @@ def test_queue_view_orders_by_the_workers_loaded_model(clock: Clock) -> None:
     h.worker.loaded = None
     ids = [e["id"] for e in queue_view(h.queue, h.worker, 10.0, limit=10)["data"]]
     assert ids == ["a1", "a2", "b1"]
+
+
+class FakeStorage:
+    def __init__(self) -> None:
+        self.write_problem: str | None = None
+        self.probes = 0
+
+    def probe(self) -> None:
+        self.probes += 1
+
+
+def test_jobs_wait_while_the_database_refuses_writes(clock: Clock) -> None:
+    storage = FakeStorage()
+    h = make(clock, storage=storage)
+    storage.write_problem = "OperationalError: attempt to write a readonly database"
+    h.add("j1", "m")
+    h.worker.start()
+    assert h.runner.started == []  # no attempt is spent on a database that cannot record it
+    assert h.worker.state == "waiting_for_database"
+    assert storage.probes == 1
+    # an interactive request needs no database: it still runs
+    slot = h.admit("m")
+    assert slot.called
+    result_of(slot).release()
+    clock.advance(0.5)
+    assert h.runner.started == [] and storage.probes >= 2
+    storage.write_problem = None  # a probe went through
+    clock.advance(0.5)
+    assert h.runner.started == ["j1"]
+    h.runner.finish("j1", "m")
+    assert h.worker.state == "idle"
