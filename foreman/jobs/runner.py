@@ -303,13 +303,17 @@ class JobRunner:
     async def _generate(self, row: JobRow, request: dict[str, Any]) -> None:
         endpoint = row.endpoint
         assembler = Assembler(endpoint)
-        keep_raw = job_wants_stream(endpoint, request)
-        raw: list[bytes] = []
+        # the stream.ndjson artifact, written while it arrives
+        raw = (
+            self._artifacts.stream(row.id, "stream.ndjson")
+            if job_wants_stream(endpoint, request)
+            else None
+        )
         whole: list[bytes] = []
         sse = endpoint.startswith("/v1/")
         ndjson = NDJSONDecoder(min(self._max_response, LINE_LIMIT))
         events = SSEDecoder()
-        streamed = endpoint in _ASSEMBLED or keep_raw
+        streamed = endpoint in _ASSEMBLED or raw is not None
         last_progress = 0.0
 
         def feed(obj: Any) -> None:
@@ -326,12 +330,12 @@ class JobRunner:
                 for event in events.feed(data):
                     if event.data == "[DONE]" or not event.data:
                         continue
-                    if keep_raw:  # the SSE payloads, one JSON object per line
-                        raw.append(event.data.encode() + b"\n")
+                    if raw is not None:  # the SSE payloads, one JSON object per line
+                        raw.write(event.data.encode() + b"\n")
                     feed(json.loads(event.data))
             else:
-                if keep_raw:  # NDJSON already: keep the target's bytes as they came
-                    raw.append(data)
+                if raw is not None:  # NDJSON already: keep the target's bytes as they came
+                    raw.write(data)
                 for obj in ndjson.feed(data):
                     feed(obj)
 
@@ -346,28 +350,35 @@ class JobRunner:
             except Exception as e:  # bad JSON, or JSON of a shape no chunk has
                 self.abort(TargetError("stream_error", f"target sent a malformed stream: {e!r}"))
 
-        await self._target(endpoint, wire_request(endpoint, request), on_data)
         try:
-            if not streamed:
-                assembler.feed_chunk(json.loads(b"".join(whole)))
-            elif not sse:
-                for obj in ndjson.flush():
-                    feed(obj)
-        except Exception as e:  # not JSON, or JSON of a shape the endpoint never answers
-            raise TargetError("stream_error", f"target sent a malformed body: {e!r}") from None
-        if assembler.error is not None:
-            raise TargetError("stream_error", assembler.error)
-        if endpoint in _ASSEMBLED and not assembler.complete:
-            raise TargetError(RESET, "the target's stream ended before its final chunk")
-        result = assembler.result()
-        response_bytes = json.dumps(result, separators=(",", ":")).encode()
-        files = {"response.json": response_bytes}
-        if keep_raw:
-            files["stream.ndjson"] = b"".join(raw)
-        try:
-            listing = await self._artifacts.write(row.id, files)
-        except OSError as e:
-            raise TargetError("artifact_write_error", f"could not write artifacts: {e}") from None
+            await self._target(endpoint, wire_request(endpoint, request), on_data)
+            try:
+                if not streamed:
+                    assembler.feed_chunk(json.loads(b"".join(whole)))
+                elif not sse:
+                    for obj in ndjson.flush():
+                        feed(obj)
+            except Exception as e:  # not JSON, or JSON of a shape the endpoint never answers
+                raise TargetError("stream_error", f"target sent a malformed body: {e!r}") from None
+            if assembler.error is not None:
+                raise TargetError("stream_error", assembler.error)
+            if endpoint in _ASSEMBLED and not assembler.complete:
+                raise TargetError(RESET, "the target's stream ended before its final chunk")
+            response_bytes = json.dumps(assembler.result(), separators=(",", ":")).encode()
+            try:
+                if raw is not None:
+                    await raw.finish()
+                listing = await self._artifacts.write(
+                    row.id, {"response.json": response_bytes}, () if raw is None else (raw,)
+                )
+            except OSError as e:
+                raise TargetError(
+                    "artifact_write_error", f"could not write artifacts: {e}"
+                ) from None
+        except BaseException:
+            if raw is not None:
+                await raw.abort()  # the attempt left no result: no stream file either
+            raise
         inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
         listed = json.dumps([{"name": i["name"], "size": i["size"]} for i in listing])
         done = await self._jobs.apply(
