@@ -108,28 +108,24 @@ class Store:
     write_problem: str | None = field(default=None, init=False)
 
     def start(self) -> None:
+        self._pool = self._connect(configure_connection)
+        self._reader = self._connect(configure_reader)
+
+    def _connect(self, configure: Callable[[sqlite3.Connection], None]) -> Any:
+        """One connection in one thread of its own (adbapi, started)."""
         from twisted.enterprise import adbapi
 
-        self._pool = adbapi.ConnectionPool(
+        pool = adbapi.ConnectionPool(
             "sqlite3",
             str(self.path),
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=configure_connection,
+            cp_openfun=configure,
             cp_noisy=False,
         )
-        self._pool.start()
-        self._reader = adbapi.ConnectionPool(
-            "sqlite3",
-            str(self.path),
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=configure_reader,
-            cp_noisy=False,
-        )
-        self._reader.start()
+        pool.start()
+        return pool
 
     def close(self) -> None:
         for pool in (self._reader, self._pool):
