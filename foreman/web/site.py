@@ -160,7 +160,10 @@ class ForemanRequest(Request):
         """Headers are in: refuse a tokenless or oversized body before buffering any of it."""
         channel: Any = self.channel
         channel.reading_head = False
-        channel.expect("body", BODY_DEADLINE)
+        if length == 0:
+            channel.received()  # no body to wait for
+        else:  # a length, or chunked (None)
+            channel.expect("body", BODY_DEADLINE)
         site: Any = channel.site
         self.authorized = self._token_ok(site)
         if self.refused:  # the answer is 401 whatever the body; do not keep it
