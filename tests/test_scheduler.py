@@ -32,17 +32,33 @@ PRIORITIES = [0, 5, 10]
 MAX_WAITS = [0.0, 1.0, 5.0, 30.0, math.inf]
 
 
+def as_resident(resident: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if resident is None:
+        return ()
+    if isinstance(resident, str):
+        return (resident,)
+    return tuple(dict.fromkeys(resident))
+
+
+def after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
+    """Most recently used first; a load past ``cap`` drops the least recently used."""
+    if model in resident:
+        return (model, *[m for m in resident if m != model])
+    return (model, *resident)[:cap]
+
+
 class Reference:
     """The rules written down as literally as possible, O(n) per operation."""
 
-    def __init__(self, max_wait: float) -> None:
+    def __init__(self, max_wait: float, capacity: int = 1) -> None:
         self.max_wait = max_wait
+        self.capacity = capacity
         self.items: list[Waiting] = []
         self.turn_model: str | None = None
         self.turn_start = -math.inf
 
     def clone(self) -> Reference:
-        other = Reference(self.max_wait)
+        other = Reference(self.max_wait, self.capacity)
         other.items = list(self.items)
         other.turn_model, other.turn_start = self.turn_model, self.turn_start
         return other
@@ -58,14 +74,14 @@ class Reference:
                 return x
         return None
 
-    def effective_turn(self, now: float, loaded: str | None) -> tuple[str | None, float]:
-        if loaded == self.turn_model:
+    def effective_turn(self, now: float, resident: Any) -> tuple[str | None, float]:
+        if self.turn_model is not None and self.turn_model in as_resident(resident):
             return self.turn_model, self.turn_start
-        return loaded, now
+        return None, now
 
-    def starving(self, now: float, loaded: str | None) -> list[Waiting]:
-        """Requests of another model at the top priority past the bound."""
-        model, start = self.effective_turn(now, loaded)
+    def starving(self, now: float, resident: Any) -> list[Waiting]:
+        """Requests at the top priority that need a load and are past the bound."""
+        _, start = self.effective_turn(now, resident)
         if not self.items:
             return []
         top = max(x.priority for x in self.items)
@@ -73,42 +89,44 @@ class Reference:
             x
             for x in self.items
             if x.priority == top
-            and x.model != model
+            and x.model not in as_resident(resident)
             and now - max(x.enqueued_at, start) > self.max_wait
         ]
 
-    def decide(self, now: float, loaded: str | None) -> tuple[Waiting | None, str | None, float]:
-        model, start = self.effective_turn(now, loaded)
+    def decide(self, now: float, resident: Any) -> tuple[Waiting | None, str | None, float]:
         if not self.items:
-            return None, model, start
+            return None, self.turn_model, self.turn_start
+        names = as_resident(resident)
+        model, start = self.effective_turn(now, names)
         top = max(x.priority for x in self.items)
         at_top = [x for x in self.items if x.priority == top]
-        mine = [x for x in at_top if x.model == model]
-        oldest = min(at_top, key=lambda x: x.age)
-        if mine and not self.starving(now, loaded):
+        mine = [x for x in at_top if x.model in names]
+        if mine and not self.starving(now, names):
             chosen = min(mine, key=lambda x: x.age)
         else:
-            chosen = oldest
-        if chosen.model != model:
+            chosen = min(at_top, key=lambda x: x.age)
+        if chosen.model not in names or model is None:
             model, start = chosen.model, now
         return chosen, model, start
 
-    def pick(self, now: float, loaded: str | None) -> Waiting | None:
-        chosen, self.turn_model, self.turn_start = self.decide(now, loaded)
+    def pick(self, now: float, resident: Any) -> Waiting | None:
+        chosen, model, start = self.decide(now, resident)
         if chosen is not None:
+            self.turn_model, self.turn_start = model, start
             self.items.remove(chosen)
         return chosen
 
-    def order(self, now: float, loaded: str | None, limit: int | None = None) -> list[Waiting]:
+    def order(self, now: float, resident: Any, limit: int | None = None) -> list[Waiting]:
         copy = self.clone()
         out: list[Waiting] = []
-        current = loaded
+        current = as_resident(resident)
+        cap = max(self.capacity, len(current), 1)
         while limit is None or len(out) < limit:
             x = copy.pick(now, current)
             if x is None:
                 break
             out.append(x)
-            current = x.model
+            current = after_pick(current, x.model, cap)
         return out
 
 
@@ -129,18 +147,22 @@ def mk(
 
 
 class SchedulerMachine(RuleBasedStateMachine):
+    """Random adds, removals, picks and resident-set changes (loads, expiries)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = 1000.0
         self.seq = 0
-        self.last: str | None = None
+        self.resident: tuple[str, ...] = ()
+        self.capacity = 1
         self.sched = Scheduler(0.0)
         self.ref = Reference(0.0)
 
-    @initialize(max_wait=st.sampled_from(MAX_WAITS))
-    def setup(self, max_wait: float) -> None:
-        self.sched = Scheduler(max_wait)
-        self.ref = Reference(max_wait)
+    @initialize(max_wait=st.sampled_from(MAX_WAITS), capacity=st.integers(1, 3))
+    def setup(self, max_wait: float, capacity: int) -> None:
+        self.capacity = capacity
+        self.sched = Scheduler(max_wait, capacity)
+        self.ref = Reference(max_wait, capacity)
 
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 10.0, 40.0]))
     def tick(self, dt: float) -> None:
@@ -170,27 +192,47 @@ class SchedulerMachine(RuleBasedStateMachine):
     def remove_missing(self, n: int) -> None:
         assert self.sched.remove(f"missing{n}") is None
 
-    def _loaded(self, data: st.DataObject) -> str | None:
-        return data.draw(st.sampled_from([self.last, self.last, None, *MODELS]))
+    @precondition(lambda self: bool(self.resident))
+    @rule(data=st.data())
+    def expire(self, data: st.DataObject) -> None:
+        """A model's keep-alive ran out (or it is about to: no longer counted)."""
+        gone = data.draw(st.sampled_from(self.resident))
+        self.resident = tuple(m for m in self.resident if m != gone)
+
+    @rule(model=st.sampled_from(MODELS))
+    def loaded_elsewhere(self, model: str) -> None:
+        """Another client of the target loaded a model: /api/ps shows it."""
+        self.resident = after_pick(self.resident, model, self.capacity)
+
+    def _resident(self, data: st.DataObject) -> Any:
+        return data.draw(
+            st.one_of(
+                st.just(self.resident),
+                st.just(self.resident),
+                st.none(),
+                st.sampled_from(MODELS),
+                st.lists(st.sampled_from(MODELS), max_size=4).map(tuple),
+            )
+        )
 
     @rule(data=st.data())
     def pick(self, data: st.DataObject) -> None:
-        loaded = self._loaded(data)
+        resident = self._resident(data)
+        names = as_resident(resident)
         now = self.clock
-        model, _ = self.ref.effective_turn(now, loaded)
-        starving = self.ref.starving(now, loaded)
+        starving = self.ref.starving(now, names)
         before = list(self.ref.items)
-        expected = self.ref.pick(now, loaded)
-        got = self.sched.pick(now, loaded)
+        expected = self.ref.pick(now, resident)
+        got = self.sched.pick(now, resident)
         assert got == expected
         if got is None:
             return
-        self.last = got.model
+        self.resident = after_pick(names, got.model, max(self.capacity, len(names)))
         # never a lower priority while a higher one waits
         assert got.priority == max(x.priority for x in before)
-        # no switch away from work for the turn's model unless the bound says so
-        waiting_for_turn = [x for x in before if x.priority == got.priority and x.model == model]
-        if got.model != model and waiting_for_turn:
+        # no load while resident work waits at that priority, unless the bound says so
+        resident_work = [x for x in before if x.priority == got.priority and x.model in names]
+        if got.model not in names and resident_work:
             assert starving
         # within a model, always the oldest at that priority
         same = [x for x in before if x.priority == got.priority and x.model == got.model]
@@ -198,12 +240,12 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def peek(self, data: st.DataObject) -> None:
-        loaded = self._loaded(data)
+        loaded = self._resident(data)
         assert self.sched.peek(self.clock, loaded) == self.ref.decide(self.clock, loaded)[0]
 
     @rule(data=st.data(), limit=st.one_of(st.none(), st.integers(0, 8)))
     def order(self, data: st.DataObject, limit: int | None) -> None:
-        loaded = self._loaded(data)
+        loaded = self._resident(data)
         turn = self.sched.turn
         expected = self.ref.order(self.clock, loaded, limit)
         assert self.sched.order(self.clock, loaded, limit) == expected
@@ -212,7 +254,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.ref.items))
     @rule(data=st.data())
     def position(self, data: st.DataObject) -> None:
-        loaded = self._loaded(data)
+        loaded = self._resident(data)
         full = self.ref.order(self.clock, loaded)
         for index, item in enumerate(full):
             assert self.sched.position(item.key, self.clock, loaded) == index
@@ -374,7 +416,11 @@ def test_starvation_bound_under_a_stream_of_the_loaded_model(
     warmup=st.lists(st.sampled_from([None, *MODELS]), max_size=3),
     max_wait=st.sampled_from([0.0, 15.0, 35.0, 1e9]),
     now=st.sampled_from([50.0, 100.0]),
-    loaded=st.sampled_from([None, *MODELS]),
+    loaded=st.one_of(
+        st.sampled_from([None, *MODELS]),
+        st.lists(st.sampled_from(MODELS), max_size=4).map(tuple),
+    ),
+    capacity=st.integers(1, 4),
 )
 @settings(max_examples=examples(300), deadline=None)
 def test_order_and_position_match_reference(
@@ -382,11 +428,12 @@ def test_order_and_position_match_reference(
     warmup: list[str | None],
     max_wait: float,
     now: float,
-    loaded: str | None,
+    loaded: Any,
+    capacity: int,
 ) -> None:
-    """Dense states (few ages, many models, a turn begun earlier) for order/position."""
-    sched = Scheduler(max_wait)
-    ref = Reference(max_wait)
+    """Dense states (few ages, many models, resident sets, a turn begun earlier)."""
+    sched = Scheduler(max_wait, capacity)
+    ref = Reference(max_wait, capacity)
     for i, (model, priority, at) in enumerate(specs):
         item = mk(f"k{i}", model, at, i, priority)
         sched.add(item)
@@ -507,6 +554,96 @@ def test_add_rejects_duplicates_and_bad_values() -> None:
         Waiting(key="z", model="a", priority=0, enqueued_at=0.0, seq=1, kind="batch")
     assert sched.remove("x") is not None and sched.remove("x") is None
     assert sched.order(0.0, None) == [] and sched.order(0.0, None, 0) == []
+
+
+def test_every_model_resident_is_oldest_first_with_no_load() -> None:
+    """With room for every model, residency costs nothing: plain FIFO per priority."""
+    sched = Scheduler(600.0, capacity=3)
+    for i, model in enumerate("abcabcab"):
+        sched.add(mk(f"k{i}", model, float(i), i))
+    sched.add(mk("chat", "c", 8.0, 8, priority=10, kind=INTERACTIVE))
+    resident = ("a", "b", "c")
+    order = sched.order(10.0, resident)
+    assert [x.key for x in order] == ["chat"] + [f"k{i}" for i in range(8)]
+    picked = []
+    while (item := sched.pick(10.0, resident)) is not None:
+        assert item.model in resident  # never a load
+        picked.append(item.key)
+    assert picked == [x.key for x in order]
+
+
+def test_a_resident_model_does_not_wait_for_the_drain_of_another() -> None:
+    """The issue's case: b is resident, so its chat goes between a's backlog in age order."""
+    sched = Scheduler(600.0, capacity=2)
+    for i in range(5):
+        sched.add(mk(f"a{i}", "a", float(i), i))
+    sched.add(mk("b-chat", "b", 2.5, 10))
+    sched.add(mk("c-job", "c", 0.5, 11))  # needs a load: waits for resident work
+    keys = [x.key for x in sched.order(10.0, ("a", "b"))]
+    assert keys == ["a0", "a1", "a2", "b-chat", "a3", "a4", "c-job"]
+    # with only a resident, b needs a load and waits like c (oldest first after a)
+    keys = [x.key for x in sched.order(10.0, ("a",))]
+    assert keys == ["a0", "a1", "a2", "a3", "a4", "c-job", "b-chat"]
+    assert sched.position("b-chat", 10.0, ("a", "b")) == 3
+
+
+def test_prediction_evicts_the_least_recently_used() -> None:
+    """order() assumes a load past capacity pushes out the least recently used model."""
+    sched = Scheduler(600.0, capacity=2)
+    sched.add(mk("c1", "c", 1.0, 1))
+    sched.add(mk("a1", "a", 2.0, 2))
+    sched.add(mk("b1", "b", 3.0, 3))
+    # resident (a, b): a1 and b1 first; then c is loaded and pushes out a (LRU)
+    assert [x.key for x in sched.order(10.0, ("a", "b"))] == ["a1", "b1", "c1"]
+    sched.add(mk("a2", "a", 4.0, 4))
+    sched.add(mk("b2", "b", 5.0, 5))
+    sched.add(mk("a-low", "a", 0.0, 6, priority=-1))
+    sched.add(mk("b-low", "b", 0.0, 7, priority=-1))
+    keys = [x.key for x in sched.order(10.0, ("a", "b"))]
+    # after c's load (a out, b in), b-low needs no load but a-low does
+    assert keys == ["a1", "b1", "a2", "b2", "c1", "b-low", "a-low"]
+    assert [sched.position(k, 10.0, ("a", "b")) for k in keys] == list(range(7))
+
+
+@given(
+    backlog=st.integers(0, 20),
+    runs=st.lists(st.floats(0.1, 10, allow_nan=False), min_size=1, max_size=6),
+    max_wait=st.sampled_from([0.0, 5.0, 30.0]),
+    c_at=st.floats(0, 100, allow_nan=False),
+)
+@settings(max_examples=examples(100), deadline=None)
+def test_starvation_bound_under_streams_of_several_resident_models(
+    backlog: int, runs: list[float], max_wait: float, c_at: float
+) -> None:
+    """Work for two resident models, arriving forever, cannot starve a load of c."""
+    sched = Scheduler(max_wait, capacity=2)
+    longest = max(runs)
+    seq = 0
+    for i in range(backlog):
+        seq += 1
+        sched.add(mk(f"r{seq}", "ab"[i % 2], 0.0, seq))
+    now, resident = 0.0, ("a", "b")
+    c_time = None
+    older_done_at = 0.0
+    for step in range(10_000):
+        if c_time is None and now >= c_at:
+            seq += 1
+            sched.add(mk("c", "c", now, seq))
+            c_time, c_seq = now, seq
+        for model in "ab":
+            seq += 1
+            sched.add(mk(f"r{seq}", model, now, seq))
+        item = sched.pick(now, resident)
+        assert item is not None
+        if item.key == "c":
+            assert c_time is not None
+            assert now <= max(c_time, older_done_at) + max_wait + longest + 1e-9
+            return
+        assert item.model in resident
+        if c_time is not None and item.age < (c_time, c_seq, "c"):
+            older_done_at = now
+        now += runs[step % len(runs)]
+    pytest.fail("c never picked")
 
 
 def _internal_size(sched: Scheduler) -> int:

@@ -1,29 +1,29 @@
 """Which waiting inference request the single worker runs next (pure, no I/O).
 
-Interactive requests and durable jobs wait in one :class:`Scheduler`. Rules,
-in order (a higher ``priority`` number is more urgent):
+Interactive requests and durable jobs wait in one :class:`Scheduler`. The
+target holds several models at once (its *resident set*, which the caller
+passes in: what ``/api/ps`` and the worker's own responses say, minus models
+about to expire). Rules, in order (a higher ``priority`` number is more urgent):
 
 1. strict priority: only the highest priority present is considered;
-2. drain-by-model: within it, requests for the model of the current *turn*
-   (normally the loaded model) go first;
+2. drain-by-model: within it, requests for a resident model go first (they
+   cost no load);
 3. oldest first (``enqueued_at``, then ``seq``, then ``key``).
 
-When nothing at the top priority waits for the turn's model, the next request
-is the oldest at that priority and its model starts a new turn.
+When nothing at the top priority waits for a resident model, the next request
+is the oldest at that priority: its model is loaded and starts a new *turn*.
 
-Starvation bound, applied per model *turn* (see ADR): the scheduler
-remembers the turn's model and when the turn began (the ``now`` of the pick
-that switched models; a ``loaded`` argument different from the turn's model
-also starts a new turn at that ``now``). While work for the turn's model waits
-at the top priority it keeps the worker, UNLESS a request of another model at
-that priority has waited longer than ``max_wait`` measured from
-``max(its enqueued_at, turn start)``. Then the pick is the oldest request at the
-top priority: requests of the turn's model older than the starving one still go
-first (they are older), then the switch happens. Measuring from the turn start
-keeps drain-by-model alive when a whole backlog is older than ``max_wait``
-(the literal "older than max_wait goes first" rule would swap models on every
-request) and costs one swap per turn. A request therefore waits behind equal
-priority about (models waiting) x ``max_wait`` + one run at most.
+Starvation bound, applied per turn (ADR 0006, ADR 0017): the scheduler
+remembers the model of the last load and when it began (the ``now`` of that
+pick); while that model stays resident the turn goes on, otherwise a turn
+begins at the next decision. While resident work waits at the top priority it
+keeps the worker, UNLESS the oldest request needing a load has waited longer
+than ``max_wait`` measured from ``max(its enqueued_at, turn start)``. Then
+resident requests older than it still go first, then it is loaded. Measuring
+from the turn start keeps drain-by-model alive when a whole backlog is older
+than ``max_wait`` and costs one load per turn. A request therefore waits
+behind equal priority about (models waiting) x ``max_wait`` + one run at most.
+With one resident model this is exactly the single-model drain-by-model rule.
 
 Priority is never overridden: a low priority request can wait forever behind a
 continuous stream of higher priority work. That is what priority means here.
@@ -39,8 +39,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Sequence
 
-from attrs import field, frozen, validators
+from attrs import define, field, frozen, validators
 from sortedcontainers import SortedList
 
 INTERACTIVE = "interactive"
@@ -73,8 +74,37 @@ _Entry = tuple[float, int, str, int]
 # the per-priority heap of model heads.
 _Head = tuple[float, int, str, int, str]
 _Age = tuple[float, int, str]
-# (model, lower age bound exclusive, upper age bound exclusive, size)
-_Segment = tuple[str, _Age | None, _Age | None, int]
+# one group of a priority's plan: (model, first index, end index) ranges of
+# that (priority, model)'s sorted ages, drained together oldest first
+_Group = list[tuple[str, int, int]]
+
+#: What the caller counts as resident: model names, most recently used first.
+#: A single name or None is accepted for the one-model case.
+Resident = Sequence[str] | str | None
+
+
+@define
+class _PlanState:
+    resident: tuple[str, ...]
+    turn_model: str | None
+    turn_start: float
+
+
+def _resident(resident: Resident) -> tuple[str, ...]:
+    if resident is None:
+        return ()
+    if isinstance(resident, str):
+        return (resident,)
+    return tuple(dict.fromkeys(resident))
+
+
+def _after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
+    """The resident set after running ``model``: it is the most recently used; a
+    load past ``cap`` models pushes out the least recently used."""
+    if model in resident:
+        return (model, *(m for m in resident if m != model))
+    return (model, *resident)[:cap]
+
 
 _COMPACT_SLACK = 16
 
@@ -83,15 +113,17 @@ class Scheduler:
     """Priority, drain-by-model and starvation-bounded dispatch order.
 
     The caller supplies ``now`` (seconds, same clock as ``enqueued_at``) and
-    ``loaded`` (the model the worker considers resident, usually the model of
-    the request it dispatched last) on every decision, so the scheduler never
-    reads a clock.
+    ``resident`` (the models it counts as resident, most recently used first)
+    on every decision, so the scheduler never reads a clock or the target.
     """
 
-    def __init__(self, max_wait: float) -> None:
+    def __init__(self, max_wait: float, capacity: int = 1) -> None:
         if not max_wait >= 0:  # also rejects NaN
             raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
         self._max_wait = float(max_wait)
+        #: how many models the target holds at once, as far as the caller knows;
+        #: only the predictions (order, position) use it
+        self.capacity = capacity
         self._live: dict[str, tuple[Waiting, int]] = {}
         self._tokens = itertools.count()
         self._gens = itertools.count()
@@ -117,7 +149,7 @@ class Scheduler:
 
     @property
     def turn(self) -> tuple[str | None, float]:
-        """(model of the current turn, the ``now`` at which it began)."""
+        """(model of the last load, the ``now`` at which its turn began)."""
         return (self._turn_model, self._turn_start)
 
     def __len__(self) -> int:
@@ -202,101 +234,119 @@ class Scheduler:
 
     # --------------------------------------------------------------- decisions
 
-    def pick(self, now: float, loaded: str | None) -> Waiting | None:
+    def pick(self, now: float, resident: Resident) -> Waiting | None:
         """Remove and return the next request to run (None if nothing waits)."""
-        item, self._turn_model, self._turn_start = self._decide(now, loaded)
+        item, turn = self._decide(now, _resident(resident))
         if item is not None:
+            self._turn_model, self._turn_start = turn
             self.remove(item.key)
         return item
 
-    def peek(self, now: float, loaded: str | None) -> Waiting | None:
+    def peek(self, now: float, resident: Resident) -> Waiting | None:
         """What :meth:`pick` would return, without taking it."""
-        return self._decide(now, loaded)[0]
+        return self._decide(now, _resident(resident))[0]
 
-    def order(self, now: float, loaded: str | None, limit: int | None = None) -> list[Waiting]:
+    def order(self, now: float, resident: Resident, limit: int | None = None) -> list[Waiting]:
         """Dispatch order if nothing else arrived and every pick happened at ``now``.
 
+        Each pick is assumed to leave its model resident (most recently used
+        first; a load beyond ``capacity`` pushes out the least recently used).
         O(k log n) for the first ``k`` (``limit``). Implemented by picking and
         putting the items back, so the result is by construction what
         :meth:`pick` would do; the observable state is unchanged afterwards.
         """
         if limit is not None and limit <= 0:
             return []
+        current = _resident(resident)
+        cap = self._cap(current)
         saved = (self._turn_model, self._turn_start)
         taken: list[Waiting] = []
         try:
-            current = loaded
             while limit is None or len(taken) < limit:
                 item = self.pick(now, current)
                 if item is None:
                     break
                 taken.append(item)
-                current = item.model
+                current = _after_pick(current, item.model, cap)
         finally:
             for item in taken:
                 self.add(item)
             self._turn_model, self._turn_start = saved
         return taken
 
-    def position(self, key: str, now: float, loaded: str | None) -> int | None:
+    def position(self, key: str, now: float, resident: Resident) -> int | None:
         """0-based place of ``key`` in :meth:`order` (None if not waiting).
 
-        Computed from the structure of the order (per priority: segments of
-        models) instead of simulating every pick before ``key``.
+        Computed from the structure of the order (per priority: groups of
+        models drained together) instead of simulating every pick before ``key``.
         """
         entry = self._live.get(key)
         if entry is None:
             return None
         item = entry[0]
-        age = item.age
-        turn_model, turn_start = self._effective_turn(now, loaded)
+        state = _PlanState(_resident(resident), *self._effective_turn(now, _resident(resident)))
+        cap = self._cap(state.resident)
         pos = 0
         for p in sorted(self._count, reverse=True):
-            segments = self._plan(p, turn_model, turn_start, now)
-            if p == item.priority:
-                for model, lo, hi, size in segments:
-                    if model == item.model and _within(age, lo, hi):
-                        return pos + self._rank(p, model, lo, age)
-                    pos += size
-                raise AssertionError("item not found in its priority's plan")  # pragma: no cover
-            pos += self._prio_count[p]
-            if any(seg[0] != turn_model for seg in segments):
-                turn_start = now
-            turn_model = segments[-1][0]
+            groups = self._plan(p, state, now, cap)
+            if p != item.priority:
+                pos += self._prio_count[p]
+                continue
+            for group in groups:
+                index = None
+                before = 0
+                for model, start, end in group:
+                    ages = self._ages(p, model)
+                    if model == item.model:
+                        index = ages.index(item.age)
+                    below = min(max(ages.bisect_left(item.age), start), end)
+                    before += below - start
+                if index is not None and any(
+                    m == item.model and start <= index < end for m, start, end in group
+                ):
+                    return pos + before
+                pos += sum(end - start for _, start, end in group)
+            raise AssertionError("item not found in its priority's plan")  # pragma: no cover
         raise AssertionError("item priority not found")  # pragma: no cover
 
     # ---------------------------------------------------------------- internal
 
-    def _effective_turn(self, now: float, loaded: str | None) -> tuple[str | None, float]:
-        if loaded == self._turn_model:
-            return self._turn_model, self._turn_start
-        return loaded, now
+    def _cap(self, resident: tuple[str, ...]) -> int:
+        return max(self.capacity, len(resident), 1)
 
-    def _decide(self, now: float, loaded: str | None) -> tuple[Waiting | None, str | None, float]:
-        turn_model, turn_start = self._effective_turn(now, loaded)
+    def _effective_turn(self, now: float, resident: tuple[str, ...]) -> tuple[str | None, float]:
+        """The turn goes on while its model stays resident; otherwise one begins now."""
+        if self._turn_model is not None and self._turn_model in resident:
+            return self._turn_model, self._turn_start
+        return None, now
+
+    def _decide(
+        self, now: float, resident: tuple[str, ...]
+    ) -> tuple[Waiting | None, tuple[str | None, float]]:
         p = self._top_priority()
         if p is None:
-            return None, turn_model, turn_start
+            return None, (self._turn_model, self._turn_start)
+        turn_model, turn_start = self._effective_turn(now, resident)
         head = self._oldest_head(p)
         assert head is not None
         key = head[2]
-        if (
-            turn_model is not None
-            and head[4] != turn_model
-            and turn_model in self._count[p]
-            and not now - max(head[0], turn_start) > self._max_wait
-        ):
-            # The oldest request at p is another model's and it is not starving
-            # (so none of that model or any other is): the turn's model keeps the
-            # worker. When the turn's model holds the oldest request, it is the
-            # pick either way.
-            top = self._clean_top((p, turn_model))
-            assert top is not None
-            key = top[2]
+        if head[4] not in resident:
+            # The oldest at p needs a load. A resident model's request goes
+            # first unless the oldest has starved (waited past max_wait since
+            # the later of its arrival and the turn's start).
+            best: _Entry | None = None
+            models = self._count[p]
+            for model in resident:
+                if model in models:
+                    top = self._clean_top((p, model))
+                    if top is not None and (best is None or top < best):
+                        best = top
+            if best is not None and not now - max(head[0], turn_start) > self._max_wait:
+                key = best[2]
         item = self._live[key][0]
-        if item.model != turn_model:
+        if item.model not in resident or turn_model is None:
             turn_model, turn_start = item.model, now
-        return item, turn_model, turn_start
+        return item, (turn_model, turn_start)
 
     def _top_priority(self) -> int | None:
         heap = self._prio_heap
@@ -355,65 +405,63 @@ class Scheduler:
             heapq.heappop(heads)
         return None
 
-    def _head_age(self, p: int, m: str) -> _Age:
-        top = self._clean_top((p, m))
-        assert top is not None
-        return (top[0], top[1], top[2])
-
     def _ages(self, p: int, m: str) -> SortedList:
         """Live ages of (p, m), oldest first."""
         return self._sorted[(p, m)]
 
-    def _plan(
-        self, p: int, turn_model: str | None, turn_start: float, now: float
-    ) -> list[_Segment]:
-        """Order of priority ``p``'s items as segments, if picked one after another at ``now``.
+    def _plan(self, p: int, state: _PlanState, now: float, cap: int) -> list[_Group]:
+        """Priority ``p``'s items as groups, in the order picks at ``now`` would take them.
 
-        After the first switch at ``now`` the turn starts at ``now``, so with
-        ``max_wait >= 0`` nothing can starve again: each model then drains
-        completely, models in the order of their oldest remaining item.
+        A group is drained oldest first: either the waiting work of every
+        resident model (no load) or the one request that loads a model.
+        ``state`` (resident set, turn) is advanced past ``p``, so the next
+        lower priority continues from it. Since every load at ``now`` starts
+        a turn at ``now``, at most the first load can be forced by starvation;
+        afterwards resident work always drains before the next load.
         """
         models = self._count[p]
-        heads = {m: self._head_age(p, m) for m in models}
-        if turn_model is None or turn_model not in models:
-            return [(m, None, None, models[m]) for m in sorted(models, key=heads.__getitem__)]
-        others = sorted((m for m in models if m != turn_model), key=heads.__getitem__)
-        first: _Segment = (turn_model, None, None, models[turn_model])
-        if not others:
-            return [first]
-        starving_age = heads[others[0]]
-        if not now - max(starving_age[0], turn_start) > self._max_wait:
-            return [first] + [(m, None, None, models[m]) for m in others]
-        # Starvation: oldest-first until the oldest other model's head goes, then
-        # switch; the turn model's younger rest competes like any other model.
-        own = self._ages(p, turn_model)
-        older = own.bisect_left(starving_age)
-        first_younger = own.bisect_right(starving_age)
-        younger = len(own) - first_younger
-        segments: list[_Segment] = []
-        if older:
-            segments.append((turn_model, None, starving_age, older))
-        group: list[tuple[_Age, _Segment]] = [
-            (heads[m], (m, None, None, models[m])) for m in others
-        ]
-        if younger:
-            group.append((own[first_younger], (turn_model, starving_age, None, younger)))
-        group.sort()
-        segments.extend(seg for _, seg in group)
-        return segments
+        ages = {m: self._ages(p, m) for m in models}
+        start = dict.fromkeys(models, 0)
+        groups: list[_Group] = []
+        while True:
+            left = [m for m in models if start[m] < len(ages[m])]
+            if not left:
+                return groups
+            if state.turn_model not in state.resident:
+                state.turn_model, state.turn_start = None, now
+            resident = [m for m in left if m in state.resident]
+            others = [m for m in left if m not in state.resident]
+            load = min(others, key=lambda m: ages[m][start[m]]) if others else None
+            if resident:
+                if load is None:
+                    ends = {m: len(ages[m]) for m in resident}
+                else:
+                    oldest = ages[load][start[load]]
+                    if now - max(oldest[0], state.turn_start) > self._max_wait:
+                        ends = {m: max(start[m], ages[m].bisect_left(oldest)) for m in resident}
+                    else:
+                        ends = {m: len(ages[m]) for m in resident}
+                group = [(m, start[m], ends[m]) for m in resident if ends[m] > start[m]]
+                if group:
+                    groups.append(group)
+                    self._drained(p, group, state, now)
+                    for m, _, end in group:
+                        start[m] = end
+                    continue
+            assert load is not None
+            groups.append([(load, start[load], start[load] + 1)])
+            start[load] += 1
+            state.resident = _after_pick(state.resident, load, cap)
+            state.turn_model, state.turn_start = load, now
 
-    def _rank(self, p: int, m: str, lo: _Age | None, age: _Age) -> int:
-        """Items of (p, m) younger than ``lo`` (if given) and older than ``age``."""
-        ages = self._ages(p, m)
-        below: int = ages.bisect_left(age)
-        if lo is None:
-            return below
-        above: int = ages.bisect_right(lo)
-        return below - above
-
-
-def _within(age: _Age, lo: _Age | None, hi: _Age | None) -> bool:
-    return (lo is None or age > lo) and (hi is None or age < hi)
+    def _drained(self, p: int, group: _Group, state: _PlanState, now: float) -> None:
+        """Advance ``state`` past a group of resident work picked oldest first."""
+        if state.turn_model is None:
+            first = min(group, key=lambda g: self._ages(p, g[0])[g[1]])
+            state.turn_model, state.turn_start = first[0], now
+        last = sorted(group, key=lambda g: self._ages(p, g[0])[g[2] - 1], reverse=True)
+        used = tuple(m for m, _, _ in last)
+        state.resident = used + tuple(m for m in state.resident if m not in used)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
