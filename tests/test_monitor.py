@@ -101,7 +101,7 @@ async def test_down_with_backoff_then_up_again_and_when_up_fires() -> None:
         await wait_until(lambda: monitor.state == "up")
         assert monitor.when_up().called  # already up: fires at once
 
-        await sim.sleep()
+        await sim.sleep(refuse=True)
         monitor.poke()
         await wait_until(lambda: monitor.state == "down")
         waiting = monitor.when_up()

@@ -442,7 +442,7 @@ async def test_target_down_stale_metadata_and_clear_errors(tmp_path: Path) -> No
         )
         daemon.proxy.admission = ImmediateAdmission()  # type: ignore[union-attr]
         _, _, fresh_tags = await raw_request(daemon.url, "GET", "/api/tags")
-        await sim.sleep()
+        await sim.sleep(refuse=True)
 
         status, head, body = await raw_request(daemon.url, "GET", "/api/tags")
         assert (status, head.get(b"x-foreman-stale")) == (200, b"1")

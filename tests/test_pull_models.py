@@ -144,7 +144,7 @@ async def test_wrong_token_reports_the_listing_error() -> None:
 async def test_unreachable_server_and_usage_errors(tmp_path: Path) -> None:
     sim = await _simulator([], pullable=[])
     try:
-        await sim.sleep()  # connections refused, like a target that is off
+        await sim.sleep(refuse=True)  # connections refused, like a target that is off
         out, err, code = await _run(["--url", sim.url, "phi4"])
         assert code == 1 and "cannot reach" in err, (out, err)
         out, err, code = await _run(["--url", sim.url])

@@ -94,7 +94,7 @@ async def test_sleeping_target_then_wake_everything_finishes(tmp_path: Path) -> 
     stack = await start_stack(tmp_path, sim=sim)
     client = ollama.Client(host=stack.url, timeout=60)
     try:
-        await sim.sleep()
+        await sim.sleep(refuse=True)
         monitor = stack.daemon.monitor
         assert monitor is not None
         await until(lambda: monitor.state == "down", timeout=15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import time
 from contextlib import AbstractAsyncContextManager
@@ -16,9 +17,12 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.server import Site
 
 from foreman.testing import (
@@ -372,6 +376,104 @@ async def test_one_model_at_a_time_with_concurrent_requests(http: Any) -> None:
         assert results[2][1]["load_duration"] > results[0][1]["load_duration"]
 
 
+def outcome(d: Deferred[Any]) -> list[Any]:
+    """Filled with the result once ``d`` settles (``d.called`` is true while it is chained)."""
+    seen: list[Any] = []
+
+    def note(result: Any) -> Any:
+        seen.append(result)
+        return result
+
+    d.addBoth(note)
+    return seen
+
+
+def ps_of(body: dict[str, Any]) -> list[tuple[str, float]]:
+    """(name, seconds until expiry) of each /api/ps entry, in order."""
+    now = time.time()
+    return [
+        (m["name"], datetime.fromisoformat(m["expires_at"]).timestamp() - now)
+        for m in body["models"]
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_resident_models_ps_eviction_and_expiry(http: Any) -> None:
+    models = ["llama3.2", "qwen3:0.6b", ModelSpec("gemma3", load_time=0.2)]
+    async with running(models=models, max_loaded=2) as sim:
+
+        async def ask(model: str, keep_alive: object) -> dict[str, Any]:
+            body = {"model": model, "prompt": "x", "stream": False, "keep_alive": keep_alive}
+            code, answer = await post_json(http, sim, "/api/generate", body)
+            assert code == 200 and isinstance(answer, dict)
+            return answer
+
+        first = await ask("llama3.2", "10m")
+        assert first["load_duration"] >= 40_000_000  # waited for the 0.05 s load
+        warm = await ask("llama3.2", "10m")
+        assert 0 < warm["load_duration"] < 1_000_000  # resident: no load
+        await ask("qwen3:0.6b", "5m")
+        assert (sim.loads, sim.swaps) == (2, 0)  # room for both
+        ps = (await (await http.get(sim.url + "/api/ps")).json())["models"]
+        assert [m["name"] for m in ps] == ["qwen3:0.6b", "llama3.2:latest"]  # recent first
+        assert all(m["size_vram"] == m["size"] > 0 for m in ps)
+        expiries = [seconds for _, seconds in ps_of({"models": ps})]
+        assert 250 < expiries[0] < 350 and 550 < expiries[1] < 650
+        assert sim.resident_models == ("qwen3:0.6b", "llama3.2:latest")
+        assert sim.resident == "qwen3:0.6b" and sim.is_resident("llama3.2")
+
+        # a third model evicts the idle one with the shortest keep_alive (qwen3), not
+        # the least recently used (llama3.2)
+        started = time.monotonic()
+        third = await ask("gemma3", -1)
+        assert time.monotonic() - started >= 0.18
+        assert third["load_duration"] >= 180_000_000
+        assert (sim.loads, sim.swaps) == (3, 1)
+        ps = (await (await http.get(sim.url + "/api/ps")).json())["models"]
+        assert [m["name"] for m in ps] == ["gemma3:latest", "llama3.2:latest"]
+        assert datetime.fromisoformat(ps[0]["expires_at"]).year > 2200  # never
+        state = await (await http.get(sim.url + "/_simulator/state")).json()
+        assert state["resident_models"] == ["gemma3:latest", "llama3.2:latest"]
+        assert state["max_loaded"] == 2 and state["resident"] == "gemma3:latest"
+
+        # llama3.2 expires on its own keep_alive; gemma3 stays
+        await ask("llama3.2", 0.3)
+        assert sim.expires_at("llama3.2") == pytest.approx(sim.now() + 0.3, abs=0.1)
+        await sim.wait_for(lambda: sim.resident_models == ("gemma3:latest",), timeout=3)
+        ps = (await (await http.get(sim.url + "/api/ps")).json())["models"]
+        assert [m["name"] for m in ps] == ["gemma3:latest"]
+        assert sim.expires_at("llama3.2") is None and sim.expires_at() == math.inf
+
+
+@pytest_twisted.ensureDeferred
+async def test_resident_models_run_side_by_side(http: Any) -> None:
+    async with running(token_rate=20.0, max_loaded=2, load_time=0.1) as sim:
+        for model in ("llama3.2", "qwen3:0.6b"):  # preload both
+            code, body = await post_json(http, sim, "/api/chat", {"model": model})
+            assert body["done_reason"] == "load"
+        chat = {"messages": [{"role": "user", "content": "x"}], "stream": False}
+        pending = [
+            ensureDeferred(post_json(http, sim, "/api/chat", {"model": model, **chat}))
+            for model in ("llama3.2", "qwen3:0.6b")
+        ]
+        results = [await d for d in pending]
+        assert [code for code, _ in results] == [200, 200]
+        assert all(body["load_duration"] < 1_000_000 for _, body in results)
+        first, second = sim.requests[-2:]
+        assert first.finished_at is not None and second.finished_at is not None
+        assert second.received_at < first.finished_at  # they ran at the same time
+        assert sim.max_in_flight == 2 and (sim.loads, sim.swaps) == (2, 0)
+        code, body = await post_json(
+            http, sim, "/api/embed", {"model": "nomic-embed-text", "input": "a"}
+        )
+        assert code == 200 and body["load_duration"] >= 90_000_000
+        assert (sim.loads, sim.swaps) == (3, 1) and len(sim.resident_models) == 2
+        code, body = await post_json(
+            http, sim, "/api/embed", {"model": "nomic-embed-text", "input": "a"}
+        )
+        assert body["load_duration"] < 1_000_000
+
+
 # ------------------------------------------------------------------- faults
 
 
@@ -536,17 +638,194 @@ async def test_tokens_are_paced_one_chunk_each(http: Any) -> None:
 async def test_sleep_refuses_then_wake_on_same_port(http: Any) -> None:
     async with running() as sim:
         url, port = sim.url, sim.port
-        await sim.sleep()
+        await sim.sleep(refuse=True)
         assert sim.sleeping
         with pytest.raises(ConnectionRefusedError):
             await http.get(url + "/api/version")
         await sim.wake()
         assert sim.port == port and (await http.get(url + "/api/version")).code == 200
-        await sim.sleep(0.3)
+        await sim.sleep(0.3, refuse=True)
         with pytest.raises(ConnectionRefusedError):
             await http.get(url + "/api/version")
         await sim.wait_for(lambda: not sim.sleeping, timeout=3)
         assert (await http.get(url + "/api/version")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_suspended_new_connection_hangs_until_wake(http: Any) -> None:
+    async with running() as sim:
+        await sim.sleep()
+        assert sim.sleeping and sim.sleep_mode == "suspended" and sim.port is not None
+        with pytest.raises(ResponseNeverReceived):  # connected, but nothing answers
+            await http.get(sim.url + "/api/version", timeout=0.3)
+        pending = http.get(sim.url + "/api/tags")
+        answered = outcome(pending)
+        await sleep(0.3)
+        assert answered == [] and sim.requests == []  # not even read
+        await sim.wake()
+        assert not sim.sleeping and sim.sleep_mode is None
+        response = await pending
+        assert response.code == 200 and "models" in await response.json()
+
+
+@pytest_twisted.ensureDeferred
+async def test_suspended_stream_stops_then_completes(http: Any) -> None:
+    async with running(token_rate=20.0) as sim:
+        body = {
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "long"}],
+            "options": {"num_predict": 12},
+        }
+        response = await post(http, sim, "/api/chat", body, unbuffered=True)
+        received: list[bytes] = []
+        third: Deferred[None] = Deferred()
+
+        def got(data: bytes) -> None:
+            received.append(data)
+            if b"".join(received).count(b"\n") >= 3 and not third.called:
+                third.callback(None)
+
+        reading = treq.collect(response, got)
+        await third
+        await sim.sleep()
+        await sleep(0.1)  # what had left already arrives
+        count = len(received)
+        await sleep(0.5)  # ten token intervals
+        assert len(received) == count < 13
+        assert sim.in_flight == 1 and sim.disconnects == [] and sim.completed == 0
+        await sim.wake()
+        await reading
+        lines = ndjson_lines([(0.0, data) for data in received])
+        assert len(lines) == 13 and lines[-1]["done"] is True
+        text = "".join(line["message"]["content"] for line in lines)
+        assert text == reply_text("llama3.2", "long", 12)
+        assert sim.completed == 1 and sim.disconnects == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_suspended_keep_alive_connection_answers_after_wake() -> None:
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    try:
+        async with running(load_time=0.3) as sim:
+            first = await client.get(sim.url + "/api/version")
+            assert first.code == 200
+            await first.content()  # the connection goes back to the pool
+            loading = post(
+                client,
+                sim,
+                "/api/generate",
+                {"model": "llama3.2", "prompt": "x", "stream": False},
+            )
+            await sim.wait_for(lambda: sim.loading == "llama3.2:latest")
+            await sim.sleep()
+            pending = client.get(sim.url + "/api/ps")  # on the open connection, if free
+            answered, loaded = outcome(pending), outcome(loading)
+            await sleep(0.5)  # the load would have finished by now
+            assert answered == [] and loaded == []
+            assert sim.loading == "llama3.2:latest" and sim.loads == 0  # loads stand still
+            assert [r.path for r in sim.requests] == ["/api/version", "/api/generate"]
+            await sim.wake()
+            answer = await (await loading).json()
+            assert answer["done"] is True
+            assert answer["load_duration"] >= 450_000_000  # the suspension included
+            assert (await pending).code == 200
+            assert [r.path for r in sim.requests][-1] == "/api/ps"
+    finally:
+        await pool.closeCachedConnections()
+
+
+class RawClient(Protocol):
+    """A bare TCP client: sends bytes, notes what comes back and when it is gone."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.first: Deferred[None] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if not self.first.called:
+            self.first.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_while_suspended_is_noticed_after_wake() -> None:
+    async with running(token_rate=20.0) as sim:
+        assert sim.port is not None
+        client = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", sim.port), client)
+        body = json.dumps({"model": "llama3.2", "prompt": "p", "options": {"num_predict": 50}})
+        head = f"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        assert client.transport is not None
+        client.transport.write(head.encode() + body.encode())
+        await client.first
+        await sim.sleep()
+        client.transport.loseConnection()
+        await client.lost
+        await sleep(0.2)
+        assert sim.disconnects == [] and sim.in_flight == 1  # a suspended box notices nothing
+        await sim.wake()
+        await sim.wait_for_disconnects(1)
+        assert sim.disconnects[0].phase == "streaming" and sim.in_flight == 0
+        assert sim.completed == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_suspended_box_expires_nothing_until_wake(http: Any) -> None:
+    async with running() as sim:
+        body = {"model": "llama3.2", "prompt": "x", "stream": False, "keep_alive": 0.2}
+        await post_json(http, sim, "/api/generate", body)
+        await sim.sleep()
+        await sleep(0.4)
+        assert sim.resident == "llama3.2:latest"  # its keep_alive ran out while suspended
+        await sim.wake()
+        await sim.wait_for(lambda: sim.resident is None, timeout=1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_while_suspended_leaves_nothing(http: Any) -> None:
+    sim = OllamaSimulator(token_rate=20.0, load_time=0.05)
+    await sim.listen("tcp:0:interface=127.0.0.1")
+    response = await post(
+        http, sim, "/api/chat", {"model": "llama3.2", "messages": [{"role": "u"}]}
+    )
+    reading = treq.collect(response, lambda data: None)
+    await sim.sleep(30)
+    backlog = http.get(sim.url + "/api/version")  # queued by the kernel, never accepted
+    await sleep(0.1)
+    await sim.close()
+    with pytest.raises(ResponseFailed):
+        await reading
+    with pytest.raises(Exception):  # noqa: B017 - reset or closed, as the kernel decides
+        await backlog
+    assert sim.disconnects == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_sleep_over_http_suspends_or_refuses(http: Any) -> None:
+    async with running() as sim:
+        code, answer = await post_json(http, sim, "/_simulator/sleep", {"seconds": 0.5})
+        assert code == 200 and answer["refuse"] is False
+        await sim.wait_for(lambda: sim.sleep_mode == "suspended", timeout=2)
+        started = time.monotonic()
+        response = await http.get(sim.url + "/api/version")  # hangs until the wake
+        assert response.code == 200 and time.monotonic() - started > 0.2
+        assert sim.sleep_mode is None
+        code, _ = await post_json(http, sim, "/_simulator/sleep", {"seconds": 1, "refuse": 1})
+        assert code == 400
+        await sim.sleep(refuse=True)
+        assert sim.sleep_mode == "refused"
+        with pytest.raises(ConnectionRefusedError):
+            await http.get(sim.url + "/api/version")
+        await sim.sleep()  # switching modes wakes first
+        assert sim.sleep_mode == "suspended"
+        state_seen = sim.state()["sleep_mode"]
+        await sim.wake()
+        assert state_seen == "suspended" and (await http.get(sim.url + "/")).code == 200
 
 
 @pytest_twisted.ensureDeferred
@@ -596,7 +875,7 @@ async def test_http_control_routes(http: Any) -> None:
         assert [r["path"] for r in state["requests"]] == ["/api/chat", "/api/chat"]
         code, after = await post_json(http, sim, "/_simulator/reset", {"unload": True})
         assert (after["loads"], after["request_count"], after["resident"]) == (0, 0, None)
-        code, _ = await post_json(http, sim, "/_simulator/sleep", {"seconds": 0.4})
+        code, _ = await post_json(http, sim, "/_simulator/sleep", {"seconds": 0.4, "refuse": True})
         assert code == 200
         await sim.wait_for(lambda: sim.sleeping, timeout=2)
         with pytest.raises(ConnectionRefusedError):

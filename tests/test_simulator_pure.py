@@ -9,6 +9,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from foreman.testing import (
     Fault,
@@ -156,6 +157,269 @@ def test_residency_invariants(ops: list[tuple[str, Slot | None]]) -> None:
         assert r.swaps <= r.loads
 
 
+C = Slot("c:latest", 4096)
+
+
+def _tokens(step: object) -> list[object]:
+    assert isinstance(step, Grant), step
+    return [w.token for w in step.waiters]
+
+
+def _resident(r: Residency, *slots: tuple[Slot, float], now: float = 0.0) -> None:
+    """Load ``slots`` (with their keep_alive) one by one and leave them idle."""
+    for slot, keep_alive in slots:
+        r.enqueue(slot, slot, keep_alive)
+        assert r.step() == StartLoad(slot, None)
+        r.finish_load(now)
+        assert _tokens(r.step()) == [slot]
+        r.release(slot, now)
+
+
+def test_residency_rejects_max_loaded_below_one() -> None:
+    with pytest.raises(ValueError):
+        Residency(0)
+
+
+def test_residency_several_slots_run_concurrently() -> None:
+    r = Residency(2)
+    r.enqueue(1, A, 300.0)
+    r.enqueue(2, B, 300.0)
+    assert r.step() == StartLoad(A, None)
+    assert r.step() is None  # one load at a time: b waits behind it
+    r.finish_load()
+    assert _tokens(r.step()) == [1]
+    assert r.step() == StartLoad(B, None)  # room for a second slot: nothing unloaded
+    r.finish_load()
+    assert _tokens(r.step()) == [2]
+    r.enqueue(3, A, 300.0)
+    r.enqueue(4, B, 300.0)
+    assert _tokens(r.step()) == [3, 4]  # both resident: granted at once, side by side
+    assert (r.users, r.loads, r.swaps) == (4, 2, 0)
+    assert r.resident_slots == (B, A)  # most recently used first
+    assert r.resident == B
+
+
+def test_residency_grants_resident_slots_while_another_loads() -> None:
+    r = Residency(2)
+    _resident(r, (A, 300.0))
+    r.enqueue("b1", B, 300.0)
+    r.enqueue("a1", A, 300.0)
+    r.enqueue("b2", B, 300.0)
+    r.enqueue("a2", A, 300.0)
+    assert r.step() == StartLoad(B, None)
+    assert _tokens(r.step()) == ["a1", "a2"]  # b's waiters wait for its load, not a's
+    r.enqueue("c", C, 300.0)
+    r.enqueue("a3", A, 300.0)
+    assert r.step() is None  # c needs a load while one runs: it blocks a3 behind it
+    r.finish_load()
+    grant = r.step()
+    assert _tokens(grant) == ["b1", "b2"]
+    assert isinstance(grant, Grant) and all(w.loaded for w in grant.waiters)
+    assert r.step() is None  # c: two slots resident, both busy
+    r.release(A)
+    assert r.step() is None  # a still has a user
+    r.release(A)
+    assert r.step() == StartLoad(C, A)
+    assert r.swaps == 0 and r.loading == C  # counted once the load is done
+    r.finish_load()
+    assert _tokens(r.step()) == ["c"]
+    assert r.step() is None  # a3 waits for a slot now that a is gone
+    assert r.swaps == 1
+
+
+def test_residency_eviction_order() -> None:
+    """Shortest keep_alive first, then the one expiring soonest, then by name."""
+    r = Residency(2)
+    _resident(r, (A, 600.0), (B, 60.0), now=10.0)
+    r.enqueue("c", C, 300.0)
+    assert r.step() == StartLoad(C, B)  # b has the shorter keep_alive, though more recent
+
+    r = Residency(2)
+    _resident(r, (B, 300.0), now=5.0)
+    _resident(r, (A, 300.0), now=9.0)
+    r.enqueue("c", C, 300.0)
+    assert r.step() == StartLoad(C, B)  # same keep_alive: b expires first
+
+    r = Residency(2)
+    _resident(r, (B, 300.0), (A, 300.0), now=5.0)
+    r.enqueue("c", C, 300.0)
+    assert r.step() == StartLoad(C, A)  # a tie: by name
+
+    r = Residency(2)
+    _resident(r, (A, 1.0), (B, FOREVER))
+    r.enqueue("hold-a", A, 1.0)
+    assert _tokens(r.step()) == ["hold-a"]
+    r.enqueue("c", C, 300.0)
+    assert r.step() == StartLoad(C, B)  # never evicts a busy slot, whatever its keep_alive
+
+
+def test_residency_expiry_per_slot() -> None:
+    r = Residency(3)
+    _resident(r, (A, 5.0), (B, FOREVER), (C, 0.0), now=10.0)
+    assert r.resident_slots == (B, A)  # keep_alive 0: unloaded as its request ended
+    assert r.expiries() == {A: 15.0}  # b never expires
+    r.enqueue("a", A, 30.0)
+    assert _tokens(r.step()) == ["a"]
+    assert r.expiries() == {}  # busy: no timer
+    assert r.expires_at(r.residents[0], 12.0) == 42.0  # busy: keep_alive from now
+    r.release(A, 12.0)
+    assert r.expiries() == {A: 42.0}
+    assert r.expire(41.0) == []
+    assert r.expire(42.0) == [A]
+    assert [*r.resident_slots] == [B]
+
+
+def test_residency_load_whose_waiter_left_expires() -> None:
+    r = Residency(2)
+    r.enqueue("gone", A, 0.0)
+    assert r.step() == StartLoad(A, None)
+    r.withdraw("gone")
+    r.finish_load(3.0)
+    assert r.step() is None
+    assert r.expiries() == {A: 3.0} and r.expire(3.0) == [A]
+
+
+def test_residency_unload_idle_now_busy_after() -> None:
+    r = Residency(3)
+    _resident(r, (A, 300.0), (B, 300.0), (Slot("a:latest", 8192), 300.0))
+    r.enqueue("b", B, 300.0)
+    r.step()
+    assert r.unload("a:latest") == [Slot("a:latest", 8192), A]  # every num_ctx of it
+    assert r.unload() == []  # b is busy: it goes once its request ends
+    assert r.release(B) and r.resident_slots == ()
+
+
+def test_residency_max_loaded_one_is_single_model() -> None:
+    r = Residency()
+    _resident(r, (A, 300.0))
+    r.enqueue("b", B, 300.0)
+    assert r.step() == StartLoad(B, A)
+    r.finish_load()
+    assert (r.loads, r.swaps) == (2, 1)
+    grant = r.step()
+    assert isinstance(grant, Grant) and grant.waiters[0].loaded
+    r.enqueue("b2", B, 0.0)
+    assert _tokens(r.step()) == ["b2"]
+    r.release(B)  # b's first request
+    r.enqueue("a", A, 300.0)
+    assert r.step() is None
+    r.release(B)  # keep_alive 0 of the last admitted request: unloaded, not swapped
+    assert r.step() == StartLoad(A, None)
+    r.finish_load()
+    assert (r.loads, r.swaps) == (3, 1)
+
+
+SLOTS = [A, B, C, Slot("a:latest", 8192)]
+
+
+class ResidencyMachine(RuleBasedStateMachine):
+    """Random arrivals, loads, releases, withdrawals, unloads and time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.r = Residency()
+        self.running: list[Slot] = []
+        self.now = 0.0
+        self.tokens = 0
+        self.withdrawn: set[int] = set()
+        self.granted: list[int] = []
+
+    @initialize(max_loaded=st.integers(min_value=1, max_value=3))
+    def start(self, max_loaded: int) -> None:
+        self.r = Residency(max_loaded)
+
+    def pump(self) -> None:
+        while True:
+            loading = self.r.loading
+            step = self.r.step()
+            if step is None:
+                if not self.r.expire(self.now):
+                    return
+                continue
+            if isinstance(step, Grant):
+                for waiter in step.waiters:
+                    assert waiter.slot in self.r.resident_slots
+                    self.running.append(waiter.slot)
+                    self.granted.append(cast_int(waiter.token))
+            else:
+                assert loading is None, "two loads at once"
+                assert step.unloaded not in self.running, "evicted a slot with users"
+                assert step.slot not in self.r.resident_slots
+
+    @rule(slot=st.sampled_from(SLOTS), keep_alive=st.sampled_from([0.0, 1.0, 5.0, FOREVER]))
+    def enqueue(self, slot: Slot, keep_alive: float) -> None:
+        self.tokens += 1
+        self.r.enqueue(self.tokens, slot, keep_alive)
+        self.pump()
+
+    @precondition(lambda self: self.r.loading is not None)
+    @rule()
+    def finish(self) -> None:
+        self.r.finish_load(self.now)
+        self.pump()
+
+    @precondition(lambda self: bool(self.running))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        slot = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        self.r.release(slot, self.now)
+        self.pump()
+
+    @precondition(lambda self: bool(self.r.waiting))
+    @rule(data=st.data())
+    def withdraw(self, data: st.DataObject) -> None:
+        waiter = data.draw(st.sampled_from(self.r.waiting))
+        assert self.r.withdraw(waiter.token)
+        self.withdrawn.add(cast_int(waiter.token))
+        self.pump()
+
+    @rule(seconds=st.sampled_from([0.5, 2.0, 10.0]))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        self.pump()
+
+    @rule(model=st.sampled_from([None, "a:latest", "b:latest"]))
+    def unload(self, model: str | None) -> None:
+        self.r.unload(model)
+        self.pump()
+
+    @invariant()
+    def within_bounds(self) -> None:
+        r = self.r
+        slots = r.resident_slots
+        assert len(slots) + (r.loading is not None) <= r.max_loaded
+        assert len(set(slots)) == len(slots) and r.loading not in slots
+        for entry in r.residents:
+            assert entry.users == self.running.count(entry.slot)
+        assert all(slot in slots for slot in self.running)
+        assert r.swaps <= r.loads
+
+    def teardown(self) -> None:
+        """Once every user releases and every load finishes, every waiter has been granted."""
+        for _ in range(200):
+            if self.r.loading is not None:
+                self.r.finish_load(self.now)
+            elif self.running:
+                self.r.release(self.running.pop(0), self.now)
+            else:
+                break
+            self.pump()
+        assert not self.r.waiting and not self.running and self.r.loading is None
+        assert sorted(self.granted) == sorted(set(self.granted))
+        assert set(self.granted) | self.withdrawn == set(range(1, self.tokens + 1))
+
+
+def cast_int(token: object) -> int:
+    assert isinstance(token, int)
+    return token
+
+
+ResidencyMachine.TestCase.settings = settings(
+    max_examples=examples(300), stateful_step_count=40, deadline=None
+)
+TestResidencyMachine = ResidencyMachine.TestCase
+
+
 def test_fault_book_counts_paths_and_order() -> None:
     book = FaultBook()
     book.add(Fault.HTTP_500, count=2)
@@ -254,3 +518,8 @@ def test_make_simulator_and_command_line() -> None:
         ["--listen", "tcp:0", "--models", "a, b", "--token-rate", "7", "--token", "t"]
     )
     assert (args.listen, args.models, args.token_rate, args.token) == ("tcp:0", "a, b", 7.0, "t")
+    assert args.max_loaded == 1 and parse_args(["--max-loaded", "3"]).max_loaded == 3
+    assert make_simulator(max_loaded=3).max_loaded == 3 and sim.max_loaded == 1
+    for bad in (0, -1):
+        with pytest.raises(ValueError):
+            OllamaSimulator(max_loaded=bad)

@@ -43,7 +43,7 @@ async def test_wake_on_lan_when_work_waits_for_a_sleeping_target(tmp_path: Path)
         wol_broadcast=f"127.0.0.1:{port.getHost().port}",
     )
     try:
-        await sim.sleep()
+        await sim.sleep(refuse=True)
         monitor = stack.daemon.monitor
         assert monitor is not None
         await until(lambda: monitor.state == "down", timeout=15)

@@ -4,10 +4,11 @@
 with the real response shapes -- native ``/api/*`` routes and the
 OpenAI-compatible ``/v1/*`` routes -- so the official ``ollama`` and
 ``openai`` Python clients (which validate responses) work against it. It
-streams NDJSON / SSE one token per chunk at a configurable rate, keeps one
-model resident at a time with a configurable load time, can sleep (refuse
-connections) and wake, and injects faults. Everything it does is
-deterministic, and everything it sees is recorded for assertions.
+streams NDJSON / SSE one token per chunk at a configurable rate, keeps up to
+``max_loaded`` models resident (one by default) with a configurable load
+time, can sleep (suspended: silent; or off: refusing connections) and wake,
+and injects faults. Everything it does is deterministic, and everything it
+sees is recorded for assertions.
 
 Usage in a pytest-twisted test::
 
@@ -23,7 +24,8 @@ Usage in a pytest-twisted test::
             ...  # talk to sim.url
             assert sim.loads == 1 and sim.resident == "llama3.2:latest"
             sim.inject(Fault.HTTP_500)           # the next inference request gets a 500
-            await sim.sleep(); await sim.wake()  # refused, then back on the same port
+            await sim.sleep(); await sim.wake()  # silent, then goes on where it stopped
+            await sim.sleep(refuse=True); await sim.wake()  # refused, then back
             await sim.wait_for(lambda: len(sim.disconnects) == 1, timeout=5)
         finally:
             await sim.close()                    # leaves nothing in the reactor
@@ -35,7 +37,8 @@ the reactor serves the simulator.
 
 Constructor: ``OllamaSimulator(models=DEFAULT_MODELS, *, token_rate=50.0,
 load_time=0.2, reply_tokens=8, reactor=None, required_token=None,
-pullable=(), pull_time=0.2, record_limit=10_000)``. ``models`` and ``pullable`` take names or
+pullable=(), pull_time=0.2, record_limit=10_000, max_loaded=1)``.
+``models`` and ``pullable`` take names or
 :class:`ModelSpec` (per-model ``load_time``, ``context_length``,
 ``embedding``, ``embedding_length``, ...). ``token_rate`` is tokens per
 second (0: as fast as possible). With ``required_token``, every route but
@@ -61,15 +64,37 @@ Deterministic content
     Prompt token counts are whitespace-separated words.
 
 Residency
-    One model (and ``num_ctx``) at a time. A request for another model waits
-    until the resident one has no request running, then for the model's
-    ``load_time``; no response header is sent before generation starts.
-    ``loads`` counts completed loads, ``swaps`` those that replaced a
-    resident model. ``keep_alive`` (``"10m"``, seconds, negative = forever,
-    0 = unload after the response; default 5 min) schedules the unload.
-    ``/api/generate`` without prompt or ``/api/chat`` with ``messages: []``
-    preloads (``done_reason: "load"``), or unloads with ``keep_alive: 0``
-    (``done_reason: "unload"``).
+    Up to ``max_loaded`` slots (``OLLAMA_MAX_LOADED_MODELS``; a slot is a
+    model and its ``num_ctx``: another ``num_ctx`` is another slot) are
+    resident at once. Requests are taken in arrival order: one for a
+    resident slot runs at once, side by side with the others; one for
+    another slot needs a load. Loads happen one at a time, and a request
+    waiting to load blocks those behind it. A load takes the model's
+    ``load_time``; when ``max_loaded`` slots are resident it first evicts an
+    idle one (shortest keep_alive, then soonest expiry, then name), or
+    waits until one is idle. No response header is sent before generation
+    starts. ``loads`` counts completed loads, ``swaps`` those that evicted a
+    slot. Each slot expires ``keep_alive`` after its last request ended
+    (``"10m"``, seconds, negative = forever, 0 = unload after the response;
+    default 5 min). Native final chunks report ``load_duration``: the whole
+    wait (queue included) when the model was loaded for the request, else
+    under a millisecond. ``/api/ps`` lists the resident models, most
+    recently used first. ``/api/generate`` without prompt or ``/api/chat``
+    with ``messages: []`` preloads (``done_reason: "load"``), or unloads
+    with ``keep_alive: 0`` (``done_reason: "unload"``).
+
+Sleep
+    ``sleep(seconds=None, *, refuse=False)`` suspends the box the way a
+    suspended machine behaves: the port stays bound but nothing is accepted
+    (new connections hang), open connections are neither read nor written,
+    and generation, loads and expiries stand still. ``wake()`` goes on where
+    it stopped: queued connections are served, streams continue, requests
+    sent meanwhile on open connections are answered, and clients that left
+    meanwhile are noticed then. ``refuse=True`` is a box that is off: it
+    stops listening (connections refused) and drops open connections;
+    ``wake()`` listens again on the same port. With ``seconds`` it wakes by
+    itself. Models stay resident either way. ``sleeping``, ``sleep_mode``
+    (``"suspended"``, ``"refused"`` or None).
 
 Model management
     ``/api/pull`` of a name in ``pullable`` (or already present) streams
@@ -87,14 +112,18 @@ Observations
     an inference request whose client left early, with time and phase
     ``waiting``/``streaming``), ``completed``, ``in_flight`` (inference
     requests from arrival to last byte), ``max_in_flight``, ``loads``,
-    ``swaps``, ``resident`` / ``loading`` (canonical ``name:tag``),
-    ``faults``, ``state()``. ``wait_for(predicate, timeout=5)`` returns a
-    Deferred firing when the predicate becomes true (re-checked on every
-    change, no polling; TimeoutError otherwise); shortcuts
+    ``swaps``, ``resident`` (the most recently used) / ``resident_models``
+    (most recently used first) / ``loading`` (canonical ``name:tag``),
+    ``resident_context_length``, ``expires_at(model=None)`` (epoch seconds,
+    ``inf``: never, None: not resident), ``faults``, ``state()``.
+    ``wait_for(predicate, timeout=5)`` returns a Deferred firing when the
+    predicate becomes true (re-checked on every change, no polling;
+    TimeoutError otherwise); shortcuts
     ``wait_for_disconnects(count)`` and ``wait_for_requests(count, path)``.
-    ``unload(model=None)`` unloads an idle model (a busy one after its
-    request). Requests the simulator itself drops (faults, ``sleep``,
-    ``close``) are not counted as disconnects.
+    ``unload(model=None)`` unloads the idle resident models (or only
+    ``model``; a busy one after its requests). Requests the simulator
+    itself drops (faults, ``sleep(refuse=True)``, ``close``) are not counted
+    as disconnects.
 
 Faults
     ``inject(fault, count=1, path=None)`` with a :class:`Fault`; ``path=None``
@@ -104,13 +133,15 @@ Faults
 Control over HTTP (for a simulator in another process)
     ``GET /_simulator/state[?requests=1]``, ``POST /_simulator/faults``
     ``{"fault": "http_500", "count": 1, "path": null}``, ``DELETE
-    /_simulator/faults``, ``POST /_simulator/sleep {"seconds": N}``, ``POST
-    /_simulator/reset {"unload": false}``.
+    /_simulator/faults``, ``POST /_simulator/sleep {"seconds": N, "refuse":
+    false}`` (answers, then sleeps N seconds), ``POST /_simulator/reset
+    {"unload": false}``. The state includes ``resident_models``,
+    ``max_loaded`` and ``sleep_mode``.
 
 Running alone::
 
     python -m foreman.testing --listen tcp:11434 --models llama3.2,qwen3 \\
-        --token-rate 20 --load-time 0.5 [--token T]
+        --token-rate 20 --load-time 0.5 [--max-loaded N] [--token T]
 
 For the daemon's ``--simulate`` mode, :func:`make_simulator` builds one with
 friendly defaults: models ``llama3.2``, ``qwen3:0.6b``, ``nomic-embed-text``
@@ -150,6 +181,7 @@ def make_simulator(
     pullable: Iterable[ModelSpec | str] | None = None,
     reply_tokens: int = 24,
     reactor: Any = None,
+    max_loaded: int = 1,
 ) -> OllamaSimulator:
     """A simulator with demo-friendly defaults (used by ``--simulate`` and ``__main__``)."""
     return OllamaSimulator(
@@ -160,6 +192,7 @@ def make_simulator(
         required_token=token,
         pullable=DEFAULT_PULLABLE if pullable is None else pullable,
         reactor=reactor,
+        max_loaded=max_loaded,
     )
 
 

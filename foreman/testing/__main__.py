@@ -17,6 +17,13 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m foreman.testing",
@@ -36,6 +43,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--token-rate", type=float, default=20.0, help="tokens per second")
     parser.add_argument("--load-time", type=float, default=0.5, help="model load seconds")
     parser.add_argument("--reply-tokens", type=int, default=24, help="tokens per reply")
+    parser.add_argument(
+        "--max-loaded",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="models resident at once (OLLAMA_MAX_LOADED_MODELS)",
+    )
     parser.add_argument("--token", default=None, help="require this Bearer token")
     return parser.parse_args(argv)
 
@@ -49,6 +63,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
         pullable=_names(args.pullable),
         reply_tokens=args.reply_tokens,
         reactor=reactor,
+        max_loaded=args.max_loaded,
     )
     await sim.listen(args.listen)
     print(sim.url, flush=True)

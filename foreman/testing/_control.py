@@ -4,8 +4,9 @@
   request with its headers and JSON body);
 * ``POST /_simulator/faults`` ``{"fault": "http_500", "count": 1, "path": null}``
   → inject (``count: null`` = until cleared); ``DELETE /_simulator/faults`` → clear;
-* ``POST /_simulator/sleep`` ``{"seconds": N}`` → answer, then sleep N seconds
-  (connections refused meanwhile) and wake by itself;
+* ``POST /_simulator/sleep`` ``{"seconds": N, "refuse": false}`` → answer,
+  then sleep N seconds and wake by itself: suspended (connections hang,
+  nothing answers) or, with ``refuse: true``, off (connections refused);
 * ``POST /_simulator/reset`` ``{"unload": false}`` → forget counters, records
   and faults (``unload: true`` also unloads an idle model).
 
@@ -53,14 +54,17 @@ async def control(sim: ControlHost, ex: Exchange) -> None:
         sim.clear_faults()
         ex.respond_json(200, {"faults": sim.faults})
     elif route == ("POST", "/_simulator/sleep"):
-        seconds = ex.json_body().get("seconds")
+        body = ex.json_body()
+        seconds, refuse = body.get("seconds"), body.get("refuse", False)
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
             raise HTTPError(400, "seconds must be a positive number")
-        ex.respond_json(200, {"sleeping": True, "seconds": seconds})
+        if not isinstance(refuse, bool):
+            raise HTTPError(400, "refuse must be a boolean")
+        ex.respond_json(200, {"sleeping": True, "seconds": seconds, "refuse": refuse})
 
-        # Let the answer leave before the connections are dropped.
+        # Let the answer leave before the connections are dropped or go silent.
         def go_to_sleep() -> None:
-            sim.sleep(float(seconds)).addErrback(
+            sim.sleep(float(seconds), refuse=refuse).addErrback(
                 lambda failure: _log.failure("simulator could not sleep", failure)
             )
 

@@ -3,7 +3,9 @@
 Wraps ``twisted.web.server.Request`` so that handlers stay small: every wait
 goes through :meth:`Exchange.wait`, which is cancelled the moment the client
 disconnects (``notifyFinish`` errback), so generation stops at once and no
-timer outlives its request.
+timer outlives its request. Waits and writes also pass the simulator's
+:class:`~foreman.testing._gate.Gate`: while the box is suspended a handler
+stops where it is and its output is held, both going on at the wake.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from foreman.testing._gate import Gate
 from foreman.testing._shapes import ollama_error, openai_error
 from foreman.testing._timers import Timers
 
@@ -41,6 +44,7 @@ class Exchange:
         timers: Timers,
         now: Callable[[], float],
         on_end: Callable[[Exchange], None],
+        gate: Gate | None = None,
     ) -> None:
         self.request = request
         self.path = path
@@ -59,6 +63,9 @@ class Exchange:
         self._timers = timers
         self._on_end = on_end
         self._waiting: Deferred[Any] | None = None
+        self._gate = gate or Gate()
+        self._held: list[Callable[[], object]] | None = None
+        """Output written while the gate was closed, sent when it opens."""
         request.notifyFinish().addBoth(self._finished)
 
     # ------------------------------------------------------------ lifecycle
@@ -67,6 +74,16 @@ class Exchange:
     def started(self) -> bool:
         """Whether the status line has been written."""
         return bool(self.request.startedWriting)
+
+    @property
+    def committed(self) -> bool:
+        """Whether the response has begun (written, or held while suspended)."""
+        return self.started or bool(self._held)
+
+    @property
+    def silent(self) -> bool:
+        """Nothing more may be written: the response ended, the client left or was dropped."""
+        return self.ended or self.gone or self.aborted
 
     def _finished(self, result: object) -> None:
         if isinstance(result, Failure):
@@ -78,22 +95,34 @@ class Exchange:
             self._waiting.cancel()  # stop generating for a client that left
 
     async def wait(self, d: Deferred[T]) -> T:
-        """Await ``d``; raises CancelledError if the client leaves meanwhile."""
-        if self.gone or self.ended:
+        """Await ``d`` (then the gate); raises CancelledError if the client leaves meanwhile."""
+        if self.silent:
             d.addErrback(lambda _: None)
             d.cancel()
             raise CancelledError()
+        result = await self._await(d)
+        await self.pass_gate()
+        return result
+
+    async def _await(self, d: Deferred[T]) -> T:
         self._waiting = d
         try:
             return await d
         finally:
             self._waiting = None
 
+    async def pass_gate(self) -> None:
+        """Wait while the box is suspended; CancelledError if the exchange is over."""
+        if self._gate.closed and not self.silent:
+            await self._await(self._gate.passage())
+        if self.silent:
+            raise CancelledError()
+
     async def sleep(self, seconds: float) -> None:
         if seconds > 0:
             await self.wait(self._timers.delay(seconds))
-        elif self.gone or self.ended:
-            raise CancelledError()
+        else:
+            await self.pass_gate()
 
     # -------------------------------------------------------------- reading
 
@@ -132,7 +161,7 @@ class Exchange:
             request.setHeader(name, value)
 
     def write(self, data: bytes) -> None:
-        if not self.ended and not self.gone:
+        if not self._hold(lambda: self.request.write(data)):
             self.request.write(data)
 
     def flush_headers(self) -> None:
@@ -140,11 +169,31 @@ class Exchange:
         self.write(b"")
 
     def finish(self) -> None:
-        if not self.ended and not self.gone:
+        if not self._hold(self.request.finish):
             self.request.finish()
 
+    def _hold(self, action: Callable[[], object]) -> bool:
+        """True when ``action`` must not run now: silent, or held until the gate opens."""
+        if self.silent:
+            return True
+        if self._held is None and not self._gate.closed:
+            return False
+        if self._held is None:
+            self._held = []
+            passage = self._gate.passage()
+            passage.addCallbacks(self._send_held, lambda f: f.trap(CancelledError))
+        self._held.append(action)
+        return True
+
+    def _send_held(self, _: object) -> None:
+        held, self._held = self._held or [], None
+        for action in held:
+            if self.silent:
+                return
+            action()
+
     def respond(self, status: int, content_type: bytes, data: bytes) -> None:
-        if self.ended or self.gone:
+        if self.silent:
             return
         self.start(status, content_type, {b"content-length": b"%d" % len(data)})
         self.write(data)
@@ -163,7 +212,7 @@ class Exchange:
 
     def abort(self) -> None:
         """Drop the connection at once (TCP reset); unsent data is discarded."""
-        if self.ended or self.gone:
+        if self.silent:
             return
         self.aborted = True
         channel = self.request.channel

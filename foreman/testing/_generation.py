@@ -68,14 +68,14 @@ async def run_generation(
     fault: Fault | None,
 ) -> None:
     """Load (if needed), then emit one piece per token interval; no headers before that."""
-    load = await sim.acquire(ex, info, context_length, keep_alive)
+    lease = await sim.acquire(ex, info, context_length, keep_alive)
     try:
         if stream:
-            await _stream(sim, ex, load, plan, fmt, fault)
+            await _stream(sim, ex, lease.load, plan, fmt, fault)
         else:
-            await _whole(sim, ex, load, plan, fmt, fault)
+            await _whole(sim, ex, lease.load, plan, fmt, fault)
     finally:
-        sim.release()
+        sim.release(lease)
 
 
 def _cut(count: int, fault: Fault | None) -> int | None:

@@ -14,8 +14,10 @@ from twisted.internet.defer import Deferred
 
 from foreman.testing._exchange import Exchange
 from foreman.testing._faults import Fault
+from foreman.testing._gate import Gate
 from foreman.testing._models import Catalog, ModelInfo
 from foreman.testing._records import RecordedRequest
+from foreman.testing._residency import Lease, Slot
 from foreman.testing._timers import Timers
 
 
@@ -37,15 +39,9 @@ class GenerationHost(Protocol):
     @property
     def pull_time(self) -> float: ...
 
-    @property
-    def resident(self) -> str | None: ...
-
-    @property
-    def resident_context_length(self) -> int | None: ...
+    def resident_slots(self) -> list[tuple[Slot, float]]: ...
 
     def now(self) -> float: ...
-
-    def expires_at(self) -> float: ...
 
     def changed(self) -> None: ...
 
@@ -57,9 +53,9 @@ class GenerationHost(Protocol):
 
     async def acquire(
         self, ex: Exchange, info: ModelInfo, context_length: int, keep_alive: float
-    ) -> float: ...
+    ) -> Lease: ...
 
-    def release(self) -> None: ...
+    def release(self, lease: Lease) -> None: ...
 
 
 class ControlHost(Protocol):
@@ -81,7 +77,7 @@ class ControlHost(Protocol):
 
     def reset(self, unload: bool = False) -> None: ...
 
-    def sleep(self, seconds: float | None = None) -> Deferred[None]: ...
+    def sleep(self, seconds: float | None = None, *, refuse: bool = False) -> Deferred[None]: ...
 
 
 class SimulatorHost(GenerationHost, ControlHost, Protocol):
@@ -92,6 +88,9 @@ class SimulatorHost(GenerationHost, ControlHost, Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def gate(self) -> Gate: ...
 
     def record(self, record: RecordedRequest) -> None: ...
 

@@ -67,10 +67,10 @@ async def ps(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     if await apply_plain_fault(ex, fault):
         return
     models = []
-    resident, ctx = sim.resident, sim.resident_context_length
-    info = sim.catalog.find(resident) if resident else None
-    if info is not None and ctx is not None:
-        models.append(shapes.ps_entry(info, ctx, sim.expires_at()))
+    for slot, expires_at in sim.resident_slots():  # most recently used first
+        info = sim.catalog.find(slot.model)
+        if info is not None:
+            models.append(shapes.ps_entry(info, slot.context_length, expires_at))
     ex.respond_json(200, {"models": models})
 
 
@@ -95,8 +95,7 @@ async def _preload(
         ex.completed = True
         ex.respond_json(200, render("unload"))
         return
-    await sim.acquire(ex, info, ctx, keep_alive)
-    sim.release()
+    sim.release(await sim.acquire(ex, info, ctx, keep_alive))
     ex.completed = True
     ex.respond_json(200, render("load"))
 
@@ -216,16 +215,17 @@ async def embed(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     ctx = context_length(info, options_of(body))
     inputs = _inputs(body.get("input", []))
     dims = _dimensions(info, body)
-    load = await sim.acquire(ex, info, ctx, keep_alive)
+    lease = await sim.acquire(ex, info, ctx, keep_alive)
     try:
         vectors = [embedding_vector(info.name, text, dims) for text in inputs]
         if await apply_plain_fault(ex, fault):
             return
     finally:
-        sim.release()
+        sim.release(lease)
     tokens = sum(count_tokens(text) for text in inputs)
+    total = sim.now() - ex.received_at
     ex.completed = True
-    ex.respond_json(200, shapes.embed_body(name, vectors, sim.now() - ex.received_at, load, tokens))
+    ex.respond_json(200, shapes.embed_body(name, vectors, total, lease.load, tokens))
 
 
 async def embeddings(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
@@ -238,13 +238,13 @@ async def embeddings(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> 
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise HTTPError(400, "prompt must be a string")
-    await sim.acquire(ex, info, ctx, keep_alive)
+    lease = await sim.acquire(ex, info, ctx, keep_alive)
     try:
         vector = embedding_vector(info.name, prompt, info.embedding_length) if prompt else []
         if await apply_plain_fault(ex, fault):
             return
     finally:
-        sim.release()
+        sim.release(lease)
     ex.completed = True
     ex.respond_json(200, {"embedding": vector})
 

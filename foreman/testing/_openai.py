@@ -173,13 +173,13 @@ async def embeddings(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> 
     if isinstance(dims, bool) or not isinstance(dims, int) or dims <= 0:
         raise HTTPError(400, "dimensions must be a positive integer")
     dims = min(dims, info.embedding_length)
-    await sim.acquire(ex, info, info.context_length, keep_alive_of(body))
+    lease = await sim.acquire(ex, info, info.context_length, keep_alive_of(body))
     try:
         vectors = [embedding_vector(info.name, text, dims) for text in inputs]
         if await apply_plain_fault(ex, fault):
             return
     finally:
-        sim.release()
+        sim.release(lease)
     data: list[list[float] | str] = (
         [embedding_base64(v) for v in vectors] if encoding == "base64" else list(vectors)
     )

@@ -1,21 +1,36 @@
-"""Which model is resident, who waits for which, when to load: a pure state machine.
+"""Which models are resident, who waits for which, what to load or evict: a pure state machine.
 
-The simulated GPU holds one model instance at a time, identified by a
+The simulated GPU holds up to ``max_loaded`` model instances, each a
 :class:`Slot` (model name and context length: like Ollama, a request asking
-for another ``num_ctx`` reloads even the same model). Requests queue in
-arrival order. The head of the queue is served when its slot is resident;
-otherwise, once no request uses the resident slot any more, the resident is
-unloaded and the head's slot is loaded (a *swap* when something was
-resident). The reactor-side owner performs what :meth:`Residency.step`
-returns (grant waiters, start a load timer) and reports back with
-:meth:`Residency.finish_load` and :meth:`Residency.release`.
+for another ``num_ctx`` needs another instance even of the same model).
+Requests queue in arrival order and the queue is processed in that order,
+as Ollama's scheduler does:
+
+* a waiter whose slot is resident is granted at once (requests for resident
+  models run concurrently);
+* a waiter whose slot is being loaded waits for that load without blocking
+  the others;
+* any other waiter needs a load. Ollama loads one model at a time and a
+  pending request blocks those behind it, so the scan stops there while a
+  load is in progress; otherwise the load starts, after evicting an idle
+  slot when ``max_loaded`` are resident (shortest keep_alive first, then the
+  one expiring soonest, then by name), or the scan stops until a slot is
+  released when none is idle.
+
+Each resident slot expires ``keep_alive`` seconds after its last request
+ended (0: at once; ``inf``: never). Time is whatever the owner passes as
+``now``. The reactor-side owner performs what :meth:`Residency.step` returns
+(grant waiters, start a load timer), reports back with
+:meth:`Residency.finish_load` and :meth:`Residency.release`, and arms one
+timer per entry of :meth:`Residency.expiries`.
 """
 
 from __future__ import annotations
 
 from attrs import define, field, frozen
+from attrs.validators import ge, instance_of
 
-from foreman.testing._models import DEFAULT_KEEP_ALIVE
+from foreman.testing._models import DEFAULT_KEEP_ALIVE, FOREVER
 
 
 @frozen
@@ -24,23 +39,41 @@ class Slot:
     context_length: int
 
 
-@define
+@define(eq=False)
 class Waiter:
     token: object
     slot: Slot
     keep_alive: float
+    loaded: bool = False
+    """Its slot was loaded while it waited (it reports the wait as load time)."""
+
+
+@define(eq=False)
+class Resident:
+    """A resident slot: its requests running now and when it expires once idle."""
+
+    slot: Slot
+    keep_alive: float
+    """Session duration: the keep_alive of the last request admitted to it."""
+    expires_at: float
+    """When it is unloaded if still idle (meaningful only while ``users == 0``)."""
+    users: int = 0
+
+    def eviction_key(self) -> tuple[float, float, str, int]:
+        """Ollama's order: shortest keep_alive, then soonest expiry, then name."""
+        return (self.keep_alive, self.expires_at, self.slot.model, self.slot.context_length)
 
 
 @frozen
 class Grant:
-    """These waiters may run now on the resident slot."""
+    """These waiters may run now on their resident slots."""
 
     waiters: list[Waiter]
 
 
 @frozen
 class StartLoad:
-    """Start loading ``slot``; call finish_load when its load time has passed."""
+    """Start loading ``slot`` (after unloading ``unloaded``); call finish_load when done."""
 
     slot: Slot
     unloaded: Slot | None
@@ -49,18 +82,62 @@ class StartLoad:
 Step = Grant | StartLoad | None
 
 
+@frozen
+class Lease:
+    """A granted request's hold on its slot, and the load time it reports (seconds)."""
+
+    slot: Slot
+    load: float
+
+
 @define
 class Residency:
-    resident: Slot | None = None
+    max_loaded: int = field(default=1, validator=[instance_of(int), ge(1)])
+    residents: list[Resident] = field(factory=list)
+    """Resident slots, most recently used first."""
     loading: Slot | None = None
-    users: int = 0
-    keep_alive: float = DEFAULT_KEEP_ALIVE
-    """Session duration of the resident slot: the last admitted request's keep_alive."""
     waiting: list[Waiter] = field(factory=list)
     loads: int = 0
     swaps: int = 0
+    """Loads that unloaded another slot to make room."""
     _load_swaps: bool = False
     _load_keep_alive: float = DEFAULT_KEEP_ALIVE
+
+    # ------------------------------------------------------------ observing
+
+    @property
+    def resident(self) -> Slot | None:
+        """The most recently used resident slot."""
+        return self.residents[0].slot if self.residents else None
+
+    @property
+    def resident_slots(self) -> tuple[Slot, ...]:
+        return tuple(entry.slot for entry in self.residents)
+
+    @property
+    def users(self) -> int:
+        """Requests running on any resident slot."""
+        return sum(entry.users for entry in self.residents)
+
+    def find(self, slot: Slot) -> Resident | None:
+        for entry in self.residents:
+            if entry.slot == slot:
+                return entry
+        return None
+
+    def expires_at(self, entry: Resident, now: float) -> float:
+        """When ``entry`` expires: ``keep_alive`` after now while busy (as Ollama reports)."""
+        return now + entry.keep_alive if entry.users else entry.expires_at
+
+    def expiries(self) -> dict[Slot, float]:
+        """Idle slots that expire at a finite time, and when (the owner arms these timers)."""
+        return {
+            entry.slot: entry.expires_at
+            for entry in self.residents
+            if entry.users == 0 and entry.expires_at != FOREVER
+        }
+
+    # ------------------------------------------------------------- queueing
 
     def enqueue(self, token: object, slot: Slot, keep_alive: float) -> None:
         self.waiting.append(Waiter(token, slot, keep_alive))
@@ -75,55 +152,107 @@ class Residency:
 
     def step(self) -> Step:
         """The next thing to do, or None when nothing can happen yet."""
-        if self.loading is not None or not self.waiting:
-            return None
-        head = self.waiting[0]
-        if head.slot == self.resident:
-            granted: list[Waiter] = []
-            while self.waiting and self.waiting[0].slot == self.resident:
-                granted.append(self.waiting.pop(0))
-            self.users += len(granted)
-            self.keep_alive = granted[-1].keep_alive
+        granted: list[Waiter] = []
+        blocked: Waiter | None = None
+        for waiter in self.waiting:
+            if waiter.slot == self.loading:
+                continue
+            if self.find(waiter.slot) is None:
+                blocked = waiter
+                break
+            granted.append(waiter)
+        if granted:
+            self._grant(granted)
             return Grant(granted)
-        if self.users > 0:
+        if blocked is None or self.loading is not None:
             return None
-        unloaded = self.resident
-        self.resident = None
-        self.loading = head.slot
-        self._load_swaps = unloaded is not None
-        self._load_keep_alive = head.keep_alive
-        return StartLoad(head.slot, unloaded)
+        victim: Resident | None = None
+        if len(self.residents) >= self.max_loaded:
+            victim = self._victim()
+            if victim is None:
+                return None
+            self.residents.remove(victim)
+        self.loading = blocked.slot
+        self._load_swaps = victim is not None
+        self._load_keep_alive = blocked.keep_alive
+        return StartLoad(blocked.slot, victim.slot if victim else None)
 
-    def finish_load(self) -> Slot:
+    def _grant(self, granted: list[Waiter]) -> None:
+        chosen = {id(waiter) for waiter in granted}
+        self.waiting[:] = [waiter for waiter in self.waiting if id(waiter) not in chosen]
+        for waiter in granted:
+            entry = self.find(waiter.slot)
+            assert entry is not None
+            entry.users += 1
+            entry.keep_alive = waiter.keep_alive
+            self.residents.remove(entry)
+            self.residents.insert(0, entry)
+
+    def _victim(self) -> Resident | None:
+        idle = [entry for entry in self.residents if entry.users == 0]
+        return min(idle, key=Resident.eviction_key, default=None)
+
+    # ------------------------------------------------------------- reporting
+
+    def finish_load(self, now: float = 0.0) -> Slot:
         """The load started by the last StartLoad is done: its slot is resident."""
-        if self.loading is None:
+        slot = self.loading
+        if slot is None:
             raise RuntimeError("no load in progress")
-        self.resident, self.loading = self.loading, None
+        self.loading = None
+        keep_alive = self._load_keep_alive
+        self.residents.insert(0, Resident(slot, keep_alive, now + keep_alive))
         self.loads += 1
         self.swaps += 1 if self._load_swaps else 0
-        self.keep_alive = self._load_keep_alive
-        return self.resident
+        for waiter in self.waiting:
+            if waiter.slot == slot:
+                waiter.loaded = True
+        return slot
 
     def cancel_load(self) -> None:
         """Abandon a load in progress (the simulator is closing)."""
         self.loading = None
 
-    def release(self) -> bool:
-        """A granted request ended; True when the resident slot is now idle."""
-        if self.users <= 0:
+    def release(self, slot: Slot | None = None, now: float = 0.0) -> bool:
+        """A granted request on ``slot`` ended; True when the slot is now idle.
+
+        ``slot=None`` means the only busy slot. An idle slot with keep_alive 0
+        is unloaded at once (before anything else may take its place).
+        """
+        if slot is None:
+            busy = [entry for entry in self.residents if entry.users > 0]
+            if len(busy) != 1:
+                raise RuntimeError("release without a slot needs exactly one busy slot")
+            entry: Resident | None = busy[0]
+        else:
+            entry = self.find(slot)
+        if entry is None or entry.users <= 0:
             raise RuntimeError("release without a matching grant")
-        self.users -= 1
-        return self.users == 0
-
-    @property
-    def idle(self) -> bool:
-        return self.resident is not None and self.users == 0 and self.loading is None
-
-    def unload(self, model: str | None = None) -> bool:
-        """Unload the resident slot if idle (and of ``model`` when given)."""
-        if not self.idle or self.resident is None:
+        entry.users -= 1
+        if entry.users:
             return False
-        if model is not None and self.resident.model != model:
-            return False
-        self.resident = None
+        if entry.keep_alive == 0:
+            self.residents.remove(entry)
+        else:
+            entry.expires_at = now + entry.keep_alive
         return True
+
+    def unload(self, model: str | None = None) -> list[Slot]:
+        """Unload the idle slots (of ``model`` when given); busy ones once their requests end."""
+        unloaded: list[Slot] = []
+        for entry in list(self.residents):
+            if model is not None and entry.slot.model != model:
+                continue
+            if entry.users:
+                entry.keep_alive = 0.0
+            else:
+                self.residents.remove(entry)
+                unloaded.append(entry.slot)
+        return unloaded
+
+    def expire(self, now: float) -> list[Slot]:
+        """Unload the idle slots whose keep_alive has run out by ``now``."""
+        expired = [e for e in self.residents if e.users == 0 and e.expires_at <= now]
+        for entry in expired:
+            self.residents.remove(entry)
+        return [entry.slot for entry in expired]

@@ -123,7 +123,7 @@ class SimulatorResource(Resource):
         sim = self.sim
         path = route_path(request)
         if path.startswith(CONTROL_PREFIX):
-            ex = Exchange(request, path, sim.timers, sim.now, lambda _: None)
+            ex = Exchange(request, path, sim.timers, sim.now, lambda _: None, sim.gate)
             self._start(ex, lambda: control(sim, ex))
             return NOT_DONE_YET
 
@@ -135,7 +135,7 @@ class SimulatorResource(Resource):
         method = request.method.decode("latin-1")
         route = methods.get(method) if methods else None
         authorized = self._authorized(request)
-        ex = Exchange(request, path, sim.timers, sim.now, lambda e: sim.end(e, record))
+        ex = Exchange(request, path, sim.timers, sim.now, lambda e: sim.end(e, record), sim.gate)
         ex.inference = bool(route and route.inference and authorized and not sim.closed)
         sim.begin(ex)
         if sim.closed:
@@ -165,7 +165,7 @@ class SimulatorResource(Resource):
             try:
                 await work()
             except HTTPError as exc:
-                if ex.started:
+                if ex.committed:
                     ex.abort()
                 else:
                     ex.respond_error(exc.status, exc.message)
@@ -173,7 +173,7 @@ class SimulatorResource(Resource):
                 ex.abort()
             except Exception:
                 _log.failure("simulator handler failed for {path}", path=ex.path)
-                if ex.started:
+                if ex.committed:
                     ex.abort()
                 else:
                     ex.respond_error(500, "simulator internal error")

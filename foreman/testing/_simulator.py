@@ -1,19 +1,27 @@
 """The simulator object: configuration, observable state, residency, lifecycle.
 
 I/O edge around the pure parts (catalog, residency state machine, fault
-book): owns every timer and connection so that :meth:`OllamaSimulator.close`
-leaves nothing in the reactor. The top of the package: it builds the
-resource and site around itself; they see it only through the protocols of
-:mod:`foreman.testing._host`.
+book): owns every timer (one load timer, one expiry timer per idle resident
+slot), every connection and the suspension gate, so that
+:meth:`OllamaSimulator.close` leaves nothing in the reactor. The top of the
+package: it builds the resource and site around itself; they see it only
+through the protocols of :mod:`foreman.testing._host`.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from functools import partial
+from typing import Any, Literal, cast
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    maybeDeferred,
+)
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.logger import Logger
@@ -21,15 +29,21 @@ from twisted.web.resource import IResource
 
 from foreman.testing._exchange import Exchange
 from foreman.testing._faults import Fault, FaultBook
-from foreman.testing._models import FOREVER, Catalog, ModelInfo, ModelSpec, canonical_name
+from foreman.testing._gate import Gate
+from foreman.testing._models import Catalog, ModelInfo, ModelSpec, canonical_name
 from foreman.testing._records import Disconnect, RecordedRequest
-from foreman.testing._residency import Grant, Residency, Slot
+from foreman.testing._residency import Grant, Lease, Residency, Slot
 from foreman.testing._resource import SimulatorResource
 from foreman.testing._server import SimulatorSite
 from foreman.testing._timers import Timers
 from foreman.testing._watchers import Watchers
 
 DEFAULT_MODELS: tuple[str, ...] = ("llama3.2", "qwen3:0.6b", "nomic-embed-text")
+
+WARM_LOAD_SECONDS = 0.00025
+"""``load_duration`` of a request whose model was already resident (Ollama: well under 1 ms)."""
+
+SleepMode = Literal["suspended", "refused"]
 
 _log = Logger()
 
@@ -40,6 +54,8 @@ class _Ticket:
     def __init__(self) -> None:
         self.d: Deferred[None] = Deferred()
         self.granted = False
+        self.granted_at = 0.0
+        self.loaded = False
 
 
 class OllamaSimulator:
@@ -57,6 +73,7 @@ class OllamaSimulator:
         pullable: Iterable[ModelSpec | str] = (),
         pull_time: float = 0.2,
         record_limit: int | None = 10_000,
+        max_loaded: int = 1,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -64,6 +81,8 @@ class OllamaSimulator:
             reactor = default_reactor
         if token_rate < 0 or load_time < 0 or reply_tokens < 0 or pull_time < 0:
             raise ValueError("token_rate, load_time, reply_tokens and pull_time must be >= 0")
+        if isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1:
+            raise ValueError("max_loaded must be an integer >= 1")
         self.reactor: Any = reactor
         self.token_rate = float(token_rate)
         self.load_time = float(load_time)
@@ -72,6 +91,8 @@ class OllamaSimulator:
         self.pull_time = float(pull_time)
         self.record_limit = record_limit
         """Keep at most this many recent ``requests`` / ``disconnects`` (None: all)."""
+        self.max_loaded = max_loaded
+        """How many slots may be resident at once (``OLLAMA_MAX_LOADED_MODELS``)."""
         if isinstance(models, str):
             models = [models]
         if isinstance(pullable, str):
@@ -89,11 +110,13 @@ class OllamaSimulator:
         """Inference requests being processed now (from arrival to the last byte)."""
         self.max_in_flight = 0
 
-        self._residency = Residency()
+        self._residency = Residency(max_loaded)
         self._faults = FaultBook()
-        self._expiry: IDelayedCall | None = None
-        self._expires_at = FOREVER
+        self._expiry: dict[Slot, tuple[float, IDelayedCall]] = {}
         self._load_call: IDelayedCall | None = None
+        self._gate = Gate()
+        self._sleep_mode: SleepMode | None = None
+        self._sleep_lock = DeferredLock()
         self._watchers = Watchers(reactor)
         self._exchanges: set[Exchange] = set()
         self._pumping = False
@@ -134,9 +157,14 @@ class OllamaSimulator:
 
     @property
     def resident(self) -> str | None:
-        """Canonical name (``name:tag``) of the loaded model, or None."""
+        """Canonical name (``name:tag``) of the most recently used resident model, or None."""
         slot = self._residency.resident
         return slot.model if slot else None
+
+    @property
+    def resident_models(self) -> tuple[str, ...]:
+        """Canonical names of the resident models, most recently used first."""
+        return tuple(dict.fromkeys(slot.model for slot in self._residency.resident_slots))
 
     @property
     def loading(self) -> str | None:
@@ -146,26 +174,49 @@ class OllamaSimulator:
 
     @property
     def resident_context_length(self) -> int | None:
+        """Context length of the most recently used resident slot, or None."""
         slot = self._residency.resident
         return slot.context_length if slot else None
 
+    def resident_slots(self) -> list[tuple[Slot, float]]:
+        """Each resident slot with when it expires (``inf``: never), most recently used first."""
+        now = self.now()
+        residency = self._residency
+        return [(entry.slot, residency.expires_at(entry, now)) for entry in residency.residents]
+
     @property
     def sleeping(self) -> bool:
-        return self.port is not None and self._port is None
+        return self._sleep_mode is not None
+
+    @property
+    def sleep_mode(self) -> SleepMode | None:
+        """``"suspended"`` (silent), ``"refused"`` (off) or None (awake)."""
+        return self._sleep_mode
+
+    @property
+    def gate(self) -> Gate:
+        """Closed while suspended: exchanges wait and hold their output here."""
+        return self._gate
 
     @property
     def faults(self) -> list[dict[str, Any]]:
         """Pending faults, as ``{"fault", "remaining", "path"}`` dicts."""
         return self._faults.describe()
 
-    def expires_at(self) -> float:
-        """When the resident model will be unloaded (``inf``: never)."""
-        if self._residency.users > 0:
-            return self.now() + self._residency.keep_alive
-        return self._expires_at
+    def expires_at(self, model: str | None = None) -> float | None:
+        """When ``model`` (default: the most recently used) will be unloaded.
+
+        ``inf``: never; None: not resident. A busy model reports ``keep_alive``
+        from now, as Ollama does.
+        """
+        canon = canonical_name(model) if model else None
+        for slot, when in self.resident_slots():
+            if canon in (None, slot.model):
+                return when
+        return None
 
     def is_resident(self, model: str) -> bool:
-        return self.resident == canonical_name(model)
+        return canonical_name(model) in self.resident_models
 
     def state(self, include_requests: bool = False) -> dict[str, Any]:
         """Counters as JSON-ready data (what ``GET /_simulator/state`` returns)."""
@@ -173,7 +224,10 @@ class OllamaSimulator:
             "loads": self.loads,
             "swaps": self.swaps,
             "resident": self.resident,
+            "resident_models": list(self.resident_models),
+            "max_loaded": self.max_loaded,
             "loading": self.loading,
+            "sleep_mode": self.sleep_mode,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "completed": self.completed,
@@ -232,7 +286,7 @@ class OllamaSimulator:
         return self._faults.take(path, inference)
 
     def reset(self, unload: bool = False) -> None:
-        """Forget counters, records and faults (``unload``: also unload an idle model)."""
+        """Forget counters, records and faults (``unload``: also unload idle models)."""
         self.requests.clear()
         self.disconnects.clear()
         self.completed = 0
@@ -245,23 +299,17 @@ class OllamaSimulator:
         self.changed()
 
     def unload(self, model: str | None = None) -> bool:
-        """Unload the resident model now if idle (and is ``model`` when given).
+        """Unload the idle resident models now (only ``model`` when given).
 
-        A busy model is unloaded as soon as its last request ends (like
-        Ollama's ``keep_alive: 0``). Returns True if it was unloaded now.
+        A busy one is unloaded as soon as its last request ends (like
+        Ollama's ``keep_alive: 0``). Returns True if something was unloaded now.
         """
         canon = canonical_name(model) if model else None
-        resident = self._residency.resident
-        if resident is None or (canon is not None and resident.model != canon):
-            return False
-        if self._residency.users > 0:
-            self._residency.keep_alive = 0.0
-            return False
-        self._residency.unload()
-        self._cancel_expiry()
-        self.changed()
-        self._pump()
-        return True
+        unloaded = self._residency.unload(canon)
+        if unloaded:
+            self.changed()
+            self._pump()
+        return bool(unloaded)
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -276,28 +324,36 @@ class OllamaSimulator:
 
     async def acquire(
         self, ex: Exchange, info: ModelInfo, context_length: int, keep_alive: float
-    ) -> float:
-        """Wait until ``info`` is resident for this request; returns seconds waited.
+    ) -> Lease:
+        """Wait until ``info`` is resident for this request.
 
-        The caller must call :meth:`release` once done (use try/finally).
+        The lease tells the load time to report: the whole wait when the model
+        was loaded meanwhile (queue included, as Ollama measures it), else
+        :data:`WARM_LOAD_SECONDS`. The caller must :meth:`release` it (use
+        try/finally).
         """
         started = self.now()
         ticket = _Ticket()
-        self._residency.enqueue(ticket, Slot(info.name, context_length), keep_alive)
+        slot = Slot(info.name, context_length)
+        self._residency.enqueue(ticket, slot, keep_alive)
         self._pump()
         try:
             await ex.wait(ticket.d)
         except BaseException:
             if ticket.granted:
-                self.release()
+                self._release(slot)
             elif self._residency.withdraw(ticket):
                 self._pump()
             raise
-        return self.now() - started
+        load = ticket.granted_at - started if ticket.loaded else WARM_LOAD_SECONDS
+        return Lease(slot, load)
 
-    def release(self) -> None:
-        if self._residency.release():
-            self._arm_expiry()
+    def release(self, lease: Lease) -> None:
+        self._release(lease.slot)
+
+    def _release(self, slot: Slot) -> None:
+        if self._residency.release(slot, self.now()):
+            self.changed()
         self._pump()
 
     def _pump(self) -> None:
@@ -305,17 +361,25 @@ class OllamaSimulator:
 
         Re-entrant calls (a granted request finishing synchronously) return at
         once: the outer loop asks the state machine again after every action.
+        Then unload what has expired (not while suspended) and re-arm the
+        expiry timers.
         """
         if self._pumping or self._closed:
             return
         self._pumping = True
         try:
-            while (step := self._residency.step()) is not None:
-                self._cancel_expiry()
-                if isinstance(step, Grant):
+            while True:
+                step = self._residency.step()
+                if step is None:
+                    if self._gate.closed or not self._residency.expire(self.now()):
+                        break
+                    self.changed()
+                elif isinstance(step, Grant):
+                    now = self.now()
                     for waiter in step.waiters:
                         ticket = cast(_Ticket, waiter.token)
-                        ticket.granted = True
+                        ticket.granted, ticket.granted_at = True, now
+                        ticket.loaded = waiter.loaded
                         ticket.d.callback(None)
                 else:
                     info = self.catalog.find(step.slot.model)
@@ -324,40 +388,46 @@ class OllamaSimulator:
                     self.changed()
         finally:
             self._pumping = False
+        self._arm_expiries()
 
     def _load_done(self) -> None:
         self._load_call = None
-        self._residency.finish_load()
+        if self._gate.closed:  # a suspended box finishes nothing: at the wake
+            self._after_wake(self._load_done)
+            return
+        self._residency.finish_load(self.now())
         self.changed()
         self._pump()
-        self._arm_expiry()
 
-    def _cancel_expiry(self) -> None:
-        self.timers.cancel(self._expiry)
-        self._expiry = None
-        self._expires_at = FOREVER
-
-    def _arm_expiry(self) -> None:
-        if self._closed or not self._residency.idle or self._expiry is not None:
+    def _arm_expiries(self) -> None:
+        """One timer per idle resident slot with a finite keep_alive, at its expiry."""
+        if self._closed:
             return
-        keep_alive = self._residency.keep_alive
-        if keep_alive == 0:
-            self._residency.unload()
+        wanted = self._residency.expiries()
+        for slot, (when, call) in list(self._expiry.items()):
+            if wanted.get(slot) != when:
+                self.timers.cancel(call)
+                del self._expiry[slot]
+        now = self.now()
+        for slot, when in wanted.items():
+            if slot not in self._expiry:
+                call = self.timers.call_later(when - now, partial(self._expired, slot, when))
+                self._expiry[slot] = (when, call)
+
+    def _expired(self, slot: Slot, when: float) -> None:
+        if self._gate.closed:  # its timer ran out while suspended: unload at the wake
+            self._after_wake(partial(self._expired, slot, when))
+            return
+        if self._expiry.get(slot, (None,))[0] == when:
+            del self._expiry[slot]
+        if self._residency.expire(max(self.now(), when)):
             self.changed()
-            self._pump()
-            return
-        if keep_alive == FOREVER:
-            self._expires_at = FOREVER
-            return
-        self._expires_at = self.now() + keep_alive
-        self._expiry = self.timers.call_later(keep_alive, self._expired)
+        self._pump()
 
-    def _expired(self) -> None:
-        self._expiry = None
-        self._expires_at = FOREVER
-        if self._residency.unload():
-            self.changed()
-            self._pump()
+    def _after_wake(self, f: Callable[[], None]) -> None:
+        passage = self._gate.passage()
+        passage.addCallback(lambda _: f())
+        passage.addErrback(lambda failure: failure.trap(CancelledError))
 
     # -------------------------------------------------------------- exchanges
 
@@ -430,29 +500,49 @@ class OllamaSimulator:
             self._rebind = serverFromString(self.reactor, description)
         return self.port or 0
 
-    def sleep(self, seconds: float | None = None) -> Deferred[None]:
-        """Stop listening (connections are refused) and drop open connections.
+    def sleep(self, seconds: float | None = None, *, refuse: bool = False) -> Deferred[None]:
+        """Go to sleep; with ``seconds``, wake up by itself afterwards.
 
-        With ``seconds``, wake up by itself afterwards. The model stays
-        resident, like a machine suspended to RAM.
+        By default the box is suspended: the port stays bound but nothing is
+        accepted (the kernel queues new connections), open connections are
+        neither read nor written, and generation, loads and expiries stand
+        still; everything goes on at :meth:`wake`. With ``refuse=True`` the
+        box is off: it stops listening (connections are refused) and drops
+        open connections. Either way the models stay resident. Switching
+        modes wakes first.
         """
-        return Deferred.fromCoroutine(self._sleep(seconds))
+        return self._sleep_lock.run(self._sleep, seconds, refuse)
 
-    async def _sleep(self, seconds: float | None) -> None:
+    async def _sleep(self, seconds: float | None, refuse: bool) -> None:
         if self.port is None:
             raise RuntimeError("the simulator is not listening")
+        if self._closed:
+            raise RuntimeError("the simulator is closed")
+        mode: SleepMode = "refused" if refuse else "suspended"
+        if self._sleep_mode not in (None, mode):
+            await self._wake()
         self.timers.cancel(self._wake_call)
         self._wake_call = None
-        port, self._port = self._port, None
-        if port is not None:
-            self._stop(port)
-        self._drop_connections()
+        if mode == "suspended":
+            self._suspend()
+        else:
+            port, self._port = self._port, None
+            if port is not None:
+                self._stop(port)
+            self._drop_connections()
+        self._sleep_mode = mode
         if seconds is not None:
             self._wake_call = self.timers.call_later(seconds, self._wake_up)
         self.changed()
         stopping = self._stopping
-        if stopping is not None:
+        if stopping is not None and mode == "refused":
             await stopping
+
+    def _suspend(self) -> None:
+        self._gate.close()
+        self._site.suspend()
+        if self._port is not None:
+            cast(Any, self._port).stopReading()  # bound, not accepting: handshakes queue up
 
     def _stop(self, port: IListeningPort) -> None:
         stopping: Deferred[object] = maybeDeferred(port.stopListening)
@@ -470,18 +560,46 @@ class OllamaSimulator:
         self.wake().addErrback(lambda f: _log.failure("simulator could not wake", f))
 
     def wake(self) -> Deferred[None]:
-        """Listen again on the same port (no-op when awake)."""
-        return Deferred.fromCoroutine(self._wake())
+        """Go on where it stopped (suspended) or listen again on the same port (refused).
+
+        A no-op when awake. After a suspension, fires once the paused
+        exchanges have been let through.
+        """
+        return self._sleep_lock.run(self._wake)
 
     async def _wake(self) -> None:
         self.timers.cancel(self._wake_call)
         self._wake_call = None
+        if self._closed:
+            return
+        if self._sleep_mode == "suspended":
+            await self._resume()
+            return
         stopping = self._stopping
         if stopping is not None:
             await stopping
         if self._port is not None or self._rebind is None or self._closed:
             return
         self._port = await self._rebind.listen(self._site)
+        self._sleep_mode = None
+        self.changed()
+
+    async def _resume(self) -> None:
+        self._site.resume()
+        if self._port is not None:
+            cast(Any, self._port).startReading()
+        self._sleep_mode = None
+        self.changed()
+        try:
+            # Two turns make the reactor poll the connections once more, so a
+            # client that left meanwhile is noticed before its exchange goes on.
+            await self.timers.delay(0)
+            await self.timers.delay(0)
+        except CancelledError:
+            if self._closed:
+                return
+            raise
+        self._gate.open()
         self.changed()
 
     def _drop_connections(self) -> None:
@@ -503,8 +621,9 @@ class OllamaSimulator:
         self._drop_connections()
         self.timers.close()
         self._load_call = None
-        self._expiry = None
+        self._expiry.clear()
         self._wake_call = None
+        self._gate.shut()
         self._residency.cancel_load()
         for waiter in list(self._residency.waiting):
             self._residency.withdraw(waiter.token)

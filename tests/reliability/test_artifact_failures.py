@@ -80,7 +80,7 @@ async def test_job_directory_taken_and_disk_full(tmp_path: Path) -> None:
     artifacts = stack.daemon.config.artifacts_dir
     try:
         # hold the work back while the traps are laid: the target sleeps
-        await sim.sleep()
+        await sim.sleep(refuse=True)
         monitor.poke()
         await until(lambda: monitor.state == "down", timeout=20)
         taken = await stack.submit(chat("llama3.2", "taken"))

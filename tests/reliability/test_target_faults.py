@@ -202,7 +202,7 @@ async def test_target_going_down_mid_job_uses_one_attempt_then_waits(tmp_path: P
         job = await stack.submit(chat("llama3.2", "interrupted", options={"num_predict": 60}))
         await until(lambda: stack.daemon.runner.phase == "working")
         await sim.wait_for(lambda: sim.in_flight > 0)
-        await sim.sleep()  # refuse connections and drop the one in progress
+        await sim.sleep(refuse=True)  # refuse connections and drop the one in progress
         asleep_at = reactor.seconds()
         await until(lambda: monitor.state == "down", timeout=20)
         # down for longer than the retry delay (at most 2 s after a first failure):
@@ -230,7 +230,8 @@ async def test_refused_attempt_leaves_no_idle_timer_behind(tmp_path: Path) -> No
     sim = stack.sim
     stray = 0
     try:
-        await sim.sleep()  # the monitor has not noticed yet: the worker tries and is refused
+        # the monitor has not noticed yet: the worker tries and is refused
+        await sim.sleep(refuse=True)
         job = await stack.submit(chat("llama3.2", "refused"))
         await until(
             lambda: stack.daemon.monitor is not None and stack.daemon.monitor.state == "down",
@@ -260,7 +261,7 @@ async def test_refused_target_does_not_spin_the_job_through_loading(tmp_path: Pa
     monitor = stack.daemon.monitor
     assert monitor is not None
     try:
-        await sim.sleep()  # refused; the monitor has not noticed yet
+        await sim.sleep(refuse=True)  # refused; the monitor has not noticed yet
         job = await stack.submit(chat("llama3.2", "refused"), webhook_url=receiver.url)
         await until(lambda: monitor.state == "down", timeout=20)
         await _sleep(0.5)
@@ -381,7 +382,7 @@ async def test_interactive_request_waits_for_a_target_that_just_went_away(
     assert monitor is not None
     pool = HTTPConnectionPool(reactor, persistent=False)
     try:
-        await sim.sleep()  # refused from now on; the monitor has not probed since
+        await sim.sleep(refuse=True)  # refused from now on; the monitor has not probed since
         pending = Deferred.fromCoroutine(
             _chat(stack, pool, "are you there", timeout=30, stream=False)
         )
