@@ -28,7 +28,7 @@ from bench._proc import header_lines, md_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
-BENCHES = ("proxy", "scheduling", "jobs", "streaming")
+BENCHES = ("proxy", "scheduling", "residency", "jobs", "streaming")
 TIMEOUT = 300.0
 ADDED_GOAL_MS = {"latency": 0.5, "stream": 1.0}
 ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)

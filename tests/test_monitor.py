@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +15,7 @@ import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
+from twisted.logger import LogLevel
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from foreman.core.backoff import monitor_probe_delay
@@ -139,3 +142,40 @@ async def test_poke_is_rate_limited_and_stop_leaves_nothing_behind() -> None:
         gave_up.addErrback(failures.append)
         assert failures and failures[0].check(CancelledError)
     # the conftest leak guard fails this test if a timer or probe survived stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_target_url_is_a_warning_with_the_reason(logged: list[Any]) -> None:
+    """Start-up against nothing: a warning naming the URL, and last_error says why."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    url = f"http://127.0.0.1:{holder.getsockname()[1]}"
+    upstream = build_upstream(reactor, url)
+    monitor = TargetMonitor(reactor, url, None, upstream.agent, probe_timeout=1.0)
+    try:
+        monitor.start()
+        await wait_until(lambda: monitor.state == "down")
+        assert monitor.last_error and "refused" in monitor.last_error.lower()
+        [warning] = [e for e in logged if "unreachable at start" in e.get("log_format", "")]
+        assert warning["log_level"] == LogLevel.warn and warning["url"] == url
+        assert "FOREMAN_TARGET_URL" in warning["log_format"]
+    finally:
+        monitor.stop()
+        await upstream.close()
+        holder.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ps_entries_reach_on_ps_and_refresh_models_asks_now() -> None:
+    sim = OllamaSimulator(["llama3.2", "qwen3:0.6b"], token_rate=0, load_time=0.0)
+    async with watched(sim) as monitor:
+        seen: list[Any] = []
+        monitor.on_ps = seen.append
+        monitor.start()
+        await wait_until(lambda: monitor.state == "up")
+        assert seen[-1] == ()
+        await _chat_directly(sim.url, "qwen3:0.6b")
+        assert await monitor.refresh_models() is True
+        [entry] = seen[-1]
+        assert entry.name == "qwen3:0.6b" and entry.expires_at > time.time() + 200
+        assert monitor.resident == seen[-1]

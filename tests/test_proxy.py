@@ -43,7 +43,13 @@ def seen_by_target(sim: OllamaSimulator, path: str | None = None) -> list[Any]:
 class _Slot:
     def __init__(self, wait_ms: float) -> None:
         self.queue_wait_ms = wait_ms
+        self.target_wait_ms = 0.0
         self.released = 0
+        self.outcomes: list[tuple[int, float | None]] = []
+        self.on_lost: Any = None
+
+    def outcome(self, code: int, load_seconds: float | None) -> None:
+        self.outcomes.append((code, load_seconds))
 
     def release(self) -> None:
         self.released += 1

@@ -350,6 +350,15 @@ SETTINGS: tuple[Setting, ...] = (
         " retried, an interactive request gets 504 or is cut",
     ),
     Setting(
+        "probe_timeout",
+        "FOREMAN_PROBE_TIMEOUT",
+        "probe-timeout",
+        "3",
+        _positive_duration,
+        "timeout of one target probe; when probes fail while a request runs, the"
+        " request is declared lost (a job goes back to the queue)",
+    ),
+    Setting(
         "simulate",
         None,
         "simulate",
@@ -398,6 +407,7 @@ class Config:
     max_response: int = _default("max_response")
     shutdown_grace: float = _default("shutdown_grace")
     job_idle_timeout: float = _default("job_idle_timeout")
+    probe_timeout: float = _default("probe_timeout")
     simulate: bool = _default("simulate")
 
     @property

@@ -187,6 +187,11 @@ class Daemon:
     def target_state(self) -> str:
         return self.monitor.state if self._parts is not None else "unknown"
 
+    def target_problem(self) -> str | None:
+        if self._parts is None or self.monitor.state == "up":
+            return None
+        return self.monitor.last_error
+
     def cancel_running(self, job_id: str) -> None:
         self.worker.cancel_job(job_id)
 
@@ -202,13 +207,29 @@ class Daemon:
             **work_status(self.queue, self.worker),
         }
 
+    def _wake_status(self) -> dict[str, Any]:
+        worker = self.worker
+        since = worker.target_wait_started
+        return {
+            "waiting_s": None if since is None else round(self.reactor.seconds() - since, 1),
+            "last_s": None
+            if worker.last_wake_seconds is None
+            else round(worker.last_wake_seconds, 3),
+            "count": worker.wakes,
+            "packets": worker.wake_packets,
+        }
+
     def _target_status(self) -> dict[str, Any]:
         monitor = self.monitor
         seen = monitor.last_seen
         return {
             "url": self.config.target_url,
             "state": monitor.state,
+            "error": monitor.last_error,
             "loaded_models": list(monitor.loaded_models),
+            "resident_models": self.worker.residency.describe(self.queue.clock()),
+            "probe_timeout_s": monitor.probe_timeout,
+            "wake": self._wake_status(),
             "version": monitor.version,
             "last_seen": (
                 datetime.fromtimestamp(seen, UTC).isoformat().replace("+00:00", "Z")

@@ -62,6 +62,10 @@ def live_state(parts: Parts) -> dict[str, Any]:
         "inflight": 1 if worker.current is not None else 0,
         "dispatched": worker.dispatched,
         "switches": worker.swaps,
+        "model_loads": worker.loads,
+        "lost": worker.lost,
+        "load_costs": worker.residency.load_costs,
+        "last_wake": worker.last_wake_seconds,
         "webhooks": dict(delivery.outcomes),
         "webhooks_failed": delivery.failed,
     }

@@ -42,7 +42,13 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     store = Store(config.db_path)
     store.commit_observer = metrics.commit
     upstream = build_upstream(reactor, config.target_url)
-    monitor = TargetMonitor(reactor, config.target_url, config.target_token, upstream.agent)
+    monitor = TargetMonitor(
+        reactor,
+        config.target_url,
+        config.target_token,
+        upstream.agent,
+        probe_timeout=config.probe_timeout,
+    )
     queue = WorkQueue(Scheduler(config.max_wait), config.max_queue, reactor, reactor.seconds)
     hub = JobHub()
     artifacts = ArtifactStore(config.artifacts_dir)
@@ -68,7 +74,6 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         idle_timeout=config.job_idle_timeout,
         max_response=config.max_response,
     )
-    runner.on_load = metrics.model_loaded
     worker = Worker(
         reactor=reactor,
         queue=queue,
@@ -78,6 +83,14 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         storage=store,
     )
     worker.on_dispatch = lambda item, waited: metrics.dispatched(item.kind, waited)
+    worker.on_wake = metrics.woke
+
+    def loaded(model: str, seconds: float) -> None:
+        metrics.model_loaded(model, seconds)
+        worker.residency.observe_load(model, seconds)
+
+    runner.on_load = loaded
+    runner.knows_resident = lambda model: worker.residency.is_resident(model, queue.clock())
     delivery = Delivery(
         reactor=reactor,
         store=store,
@@ -85,7 +98,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         allow_private=config.webhook_allow_private,
     )
     jobs.outbox_listeners.append(delivery.poke)
-    jobs.loaded = lambda: worker.loaded
+    jobs.resident = worker.resident
     jobs.live_tokens = lambda job_id: runner.tokens if runner.job_id == job_id else None
     proxy = ProxyResource(
         reactor,

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from attrs import define, field, frozen, validators
 from sortedcontainers import SortedList
 
+from foreman.core.residency import canonical_model
+
 INTERACTIVE = "interactive"
 JOB = "job"
 KINDS = (INTERACTIVE, JOB)
@@ -78,8 +80,9 @@ _Age = tuple[float, int, str]
 # that (priority, model)'s sorted ages, drained together oldest first
 _Group = list[tuple[str, int, int]]
 
-#: What the caller counts as resident: model names, most recently used first.
-#: A single name or None is accepted for the one-model case.
+#: What the caller counts as resident: model names, most recently used first
+#: (``llama3.2`` and ``llama3.2:latest`` are the same model). A single name or
+#: None is accepted for the one-model case.
 Resident = Sequence[str] | str | None
 
 
@@ -88,14 +91,6 @@ class _PlanState:
     resident: tuple[str, ...]
     turn_model: str | None
     turn_start: float
-
-
-def _resident(resident: Resident) -> tuple[str, ...]:
-    if resident is None:
-        return ()
-    if isinstance(resident, str):
-        return (resident,)
-    return tuple(dict.fromkeys(resident))
 
 
 def _after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
@@ -124,6 +119,7 @@ class Scheduler:
         #: how many models the target holds at once, as far as the caller knows;
         #: only the predictions (order, position) use it
         self.capacity = capacity
+        self._canonical: dict[str, str] = {}
         self._live: dict[str, tuple[Waiting, int]] = {}
         self._tokens = itertools.count()
         self._gens = itertools.count()
@@ -236,7 +232,7 @@ class Scheduler:
 
     def pick(self, now: float, resident: Resident) -> Waiting | None:
         """Remove and return the next request to run (None if nothing waits)."""
-        item, turn = self._decide(now, _resident(resident))
+        item, turn = self._decide(now, self._resident(resident))
         if item is not None:
             self._turn_model, self._turn_start = turn
             self.remove(item.key)
@@ -244,7 +240,7 @@ class Scheduler:
 
     def peek(self, now: float, resident: Resident) -> Waiting | None:
         """What :meth:`pick` would return, without taking it."""
-        return self._decide(now, _resident(resident))[0]
+        return self._decide(now, self._resident(resident))[0]
 
     def order(self, now: float, resident: Resident, limit: int | None = None) -> list[Waiting]:
         """Dispatch order if nothing else arrived and every pick happened at ``now``.
@@ -257,7 +253,7 @@ class Scheduler:
         """
         if limit is not None and limit <= 0:
             return []
-        current = _resident(resident)
+        current = self._resident(resident)
         cap = self._cap(current)
         saved = (self._turn_model, self._turn_start)
         taken: list[Waiting] = []
@@ -267,7 +263,7 @@ class Scheduler:
                 if item is None:
                     break
                 taken.append(item)
-                current = _after_pick(current, item.model, cap)
+                current = _after_pick(current, self._c(item.model), cap)
         finally:
             for item in taken:
                 self.add(item)
@@ -284,8 +280,10 @@ class Scheduler:
         if entry is None:
             return None
         item = entry[0]
-        state = _PlanState(_resident(resident), *self._effective_turn(now, _resident(resident)))
-        cap = self._cap(state.resident)
+        names = self._resident(resident)
+        turn_model, turn_start = self._effective_turn(now, names)
+        state = _PlanState(names, None if turn_model is None else self._c(turn_model), turn_start)
+        cap = self._cap(names)
         pos = 0
         for p in sorted(self._count, reverse=True):
             groups = self._plan(p, state, now, cap)
@@ -311,12 +309,28 @@ class Scheduler:
 
     # ---------------------------------------------------------------- internal
 
+    def _c(self, model: str) -> str:
+        """``model`` as Ollama names it (``name:tag``): how resident sets are compared."""
+        name = self._canonical.get(model)
+        if name is None:
+            if len(self._canonical) > 4096:  # a bound: model names come from clients
+                self._canonical.clear()
+            name = self._canonical[model] = canonical_model(model)
+        return name
+
+    def _resident(self, resident: Resident) -> tuple[str, ...]:
+        if resident is None:
+            return ()
+        if isinstance(resident, str):
+            return (self._c(resident),)
+        return tuple(dict.fromkeys(self._c(m) for m in resident))
+
     def _cap(self, resident: tuple[str, ...]) -> int:
         return max(self.capacity, len(resident), 1)
 
     def _effective_turn(self, now: float, resident: tuple[str, ...]) -> tuple[str | None, float]:
         """The turn goes on while its model stays resident; otherwise one begins now."""
-        if self._turn_model is not None and self._turn_model in resident:
+        if self._turn_model is not None and self._c(self._turn_model) in resident:
             return self._turn_model, self._turn_start
         return None, now
 
@@ -330,21 +344,20 @@ class Scheduler:
         head = self._oldest_head(p)
         assert head is not None
         key = head[2]
-        if head[4] not in resident:
+        if self._c(head[4]) not in resident:
             # The oldest at p needs a load. A resident model's request goes
             # first unless the oldest has starved (waited past max_wait since
             # the later of its arrival and the turn's start).
             best: _Entry | None = None
-            models = self._count[p]
-            for model in resident:
-                if model in models:
+            for model in self._count[p]:
+                if self._c(model) in resident:
                     top = self._clean_top((p, model))
                     if top is not None and (best is None or top < best):
                         best = top
             if best is not None and not now - max(head[0], turn_start) > self._max_wait:
                 key = best[2]
         item = self._live[key][0]
-        if item.model not in resident or turn_model is None:
+        if self._c(item.model) not in resident or turn_model is None:
             turn_model, turn_start = item.model, now
         return item, (turn_model, turn_start)
 
@@ -429,8 +442,8 @@ class Scheduler:
                 return groups
             if state.turn_model not in state.resident:
                 state.turn_model, state.turn_start = None, now
-            resident = [m for m in left if m in state.resident]
-            others = [m for m in left if m not in state.resident]
+            resident = [m for m in left if self._c(m) in state.resident]
+            others = [m for m in left if self._c(m) not in state.resident]
             load = min(others, key=lambda m: ages[m][start[m]]) if others else None
             if resident:
                 if load is None:
@@ -451,16 +464,16 @@ class Scheduler:
             assert load is not None
             groups.append([(load, start[load], start[load] + 1)])
             start[load] += 1
-            state.resident = _after_pick(state.resident, load, cap)
-            state.turn_model, state.turn_start = load, now
+            state.resident = _after_pick(state.resident, self._c(load), cap)
+            state.turn_model, state.turn_start = self._c(load), now
 
     def _drained(self, p: int, group: _Group, state: _PlanState, now: float) -> None:
         """Advance ``state`` past a group of resident work picked oldest first."""
         if state.turn_model is None:
             first = min(group, key=lambda g: self._ages(p, g[0])[g[1]])
-            state.turn_model, state.turn_start = first[0], now
+            state.turn_model, state.turn_start = self._c(first[0]), now
         last = sorted(group, key=lambda g: self._ages(p, g[0])[g[2] - 1], reverse=True)
-        used = tuple(m for m, _, _ in last)
+        used = tuple(dict.fromkeys(self._c(m) for m, _, _ in last))
         state.resident = used + tuple(m for m in state.resident if m not in used)
 
 

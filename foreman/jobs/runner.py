@@ -28,6 +28,7 @@ from foreman.core.records import JobRow
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import Progress
 from foreman.target.call import (
+    ABORTED,
     INTERNAL,
     RESET,
     SHUTDOWN,
@@ -153,7 +154,11 @@ class JobRunner:
         self._idle_timeout = idle_timeout
         self._max_response = max_response
         self._call: TargetCall | None = None
+        self._between: TargetError | None = None  # an abort that came between two calls
+        self._asking: Deferred[Any] | None = None  # the /api/ps question in flight
         self._closing = False
+        self.knows_resident: Callable[[str], bool] | None = None
+        """The worker's view: True when ``model`` is surely resident (no need to ask)."""
         self._pause: Deferred[None] | None = None
         self.on_load: Callable[[str, float], None] | None = None
         self.job_id: str | None = None
@@ -168,6 +173,12 @@ class JobRunner:
                 self._pause.cancel()
         if self._call is not None:
             self._call.abort(reason)
+        elif self.job_id is not None:
+            # between two target calls (reading the row, asking /api/ps): the
+            # next call fails at once, and a question in flight is dropped
+            self._between = reason or TargetError(ABORTED, "cancelled")
+            if self._asking is not None:
+                self._asking.cancel()
 
     async def run(self, job_id: str) -> str | None:
         """One attempt; returns the model now resident when it got that far.
@@ -178,6 +189,7 @@ class JobRunner:
         """
         self.job_id, self.tokens, self.phase = job_id, 0, "loading"
         self._closing = False
+        self._between = None
         try:
             try:
                 return await self._attempt(job_id)
@@ -240,7 +252,11 @@ class JobRunner:
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
         preload = preload_request(row.endpoint, request)
-        if preload is None or await self._resident(row.model):
+        if preload is None:
+            return
+        if self.knows_resident is not None and self.knows_resident(row.model):
+            return
+        if await self._resident(row.model):
             return
         path, body = preload
         started = self._clock.seconds()
@@ -253,8 +269,8 @@ class JobRunner:
         headers = Headers({b"User-Agent": [b"foreman-worker"]})
         if self._token:
             headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
-        try:
-            response, body = await fetch(
+        asking = Deferred.fromCoroutine(
+            fetch(
                 self._upstream.agent,
                 self._upstream.url(b"/api/ps"),
                 headers,
@@ -262,8 +278,14 @@ class JobRunner:
                 limit=METADATA_LIMIT,
                 clock=self._clock,
             )
+        )
+        self._asking = asking
+        try:
+            response, body = await asking
         except Exception:
             return False
+        finally:
+            self._asking = None
         return response.code == 200 and _canonical(model) in _ps_names(body)
 
     async def _target(
@@ -285,6 +307,8 @@ class JobRunner:
             elif not call.aborted:
                 on_data(data)
 
+        if self._between is not None:
+            raise self._between
         call = TargetCall(
             self._reactor,
             self._upstream,

@@ -108,7 +108,7 @@ class JobService:
         self.max_attempts = max_attempts
         self._check_webhook = check_webhook
         self.outbox_listeners: list[Callable[[], None]] = []
-        self.loaded: Callable[[], str | None] = lambda: None
+        self.resident: Callable[[], tuple[str, ...]] = tuple
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
 
     # -- rendering
@@ -119,7 +119,7 @@ class JobService:
     def render(self, row: JobRow, seq: int | None = None) -> dict[str, Any]:
         position = None
         if row.state == jobstate.JobState.QUEUED:
-            position = self.queue.position(row.id, self.loaded())
+            position = self.queue.position(row.id, self.resident())
         return job_object(
             row,
             self.base_url(row),

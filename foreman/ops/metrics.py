@@ -21,6 +21,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 _WAIT_BUCKETS = (0.005, 0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_WAKE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 _LOAD_BUCKETS = (0.05, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 300)
 _DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
@@ -71,9 +72,33 @@ class _LiveState:
         )
         yield CounterMetricFamily(
             "foreman_model_switches",
-            "Dispatches whose model differed from the previous one",
+            "Dispatches that needed a load while another model was resident",
             value=state["switches"],
         )
+        yield CounterMetricFamily(
+            "foreman_worker_model_loads",
+            "Dispatches whose model was not resident (a load at the target)",
+            value=state["model_loads"],
+        )
+        yield CounterMetricFamily(
+            "foreman_requests_lost_to_target",
+            "Requests declared lost because the target stopped answering mid-request",
+            value=state["lost"],
+        )
+        cost = GaugeMetricFamily(
+            "foreman_model_load_cost_seconds",
+            "Learned load time per model (weighted mean of observed loads)",
+            labels=["model"],
+        )
+        for model, seconds in sorted(state["load_costs"].items()):
+            cost.add_metric([model], seconds)
+        yield cost
+        if state["last_wake"] is not None:
+            yield GaugeMetricFamily(
+                "foreman_target_last_wake_seconds",
+                "How long the last wait for a down target took, until it answered",
+                value=state["last_wake"],
+            )
         deliveries = CounterMetricFamily(
             "foreman_webhook_deliveries",
             "Webhook delivery attempts by outcome",
@@ -118,6 +143,12 @@ class Metrics:
             buckets=_LOAD_BUCKETS,
             registry=r,
         )
+        self.wake_seconds = Histogram(
+            "foreman_target_wake_seconds",
+            "Waits for a down target (from the first wait or Wake-on-LAN until it answered)",
+            buckets=_WAKE_BUCKETS,
+            registry=r,
+        )
         self.db_commit = Histogram(
             "foreman_db_commit_seconds",
             "SQLite group-commit transaction time",
@@ -146,6 +177,9 @@ class Metrics:
 
     def dispatched(self, kind: str, waited: float) -> None:
         self.queue_wait.labels(kind).observe(waited)
+
+    def woke(self, seconds: float) -> None:
+        self.wake_seconds.observe(seconds)
 
     def transition(self, state: str) -> None:
         self.transitions.labels(state).inc()

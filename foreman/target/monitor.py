@@ -18,14 +18,15 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from foreman.core.backoff import monitor_probe_delay
-from foreman.target.readbody import fetch
+from foreman.core.residency import ResidentModel, parse_ps
+from foreman.target.readbody import BodyTimeout, HeadersTimeout, fetch
 
 __all__ = ["CachedBody", "TargetMonitor", "TargetSnapshot"]
 
@@ -91,6 +92,14 @@ class TargetMonitor:
         self.consecutive_failures = 0
         self.probes = 0
         self.cached: dict[bytes, CachedBody] = {}
+        self.resident: tuple[ResidentModel, ...] = ()
+        """The models ``/api/ps`` listed last, with their expiry."""
+        self.last_error: str | None = None
+        """Why the last probe failed (None once one succeeds)."""
+        self.down_by_probe = False
+        """Whether "down" came from a failed probe (not from a request's refusal)."""
+        self.on_ps: Callable[[tuple[ResidentModel, ...]], None] | None = None
+        """Called with every ``/api/ps`` answer (also between state changes)."""
 
         self._running = False
         self._timer: IDelayedCall | None = None
@@ -166,6 +175,8 @@ class TargetMonitor:
         if self.state == "down":
             return
         _log.info("target {url} unreachable: {reason}", url=self._base.decode(), reason=reason)
+        self.last_error = reason
+        self.down_by_probe = False
         self.consecutive_failures = max(1, self.consecutive_failures)
         self._update("down", self.loaded_models, self.version, self.last_seen)
         self.poke()
@@ -206,19 +217,45 @@ class TargetMonitor:
             version = _json_field(body, "version", str) or version
             self._keep(b"/api/version", response, body)
         loaded = self.loaded_models
-        response, body = await self._get(b"/api/ps")
-        if response.code == 200:
-            models = _json_field(body, "models", list)
-            if models is not None:
-                loaded = tuple(
-                    str(m.get("name") or m.get("model"))
-                    for m in models
-                    if isinstance(m, dict) and (m.get("name") or m.get("model"))
-                )
+        resident = await self._ps()
+        if resident is not None:
+            loaded = tuple(m.name for m in resident)
         response, body = await self._get(b"/api/tags")
         if response.code == 200:
             self._keep(b"/api/tags", response, body)
         self._update("up", loaded, version, time.time())
+
+    async def _ps(self) -> tuple[ResidentModel, ...] | None:
+        response, body = await self._get(b"/api/ps")
+        if response.code != 200:
+            return None
+        try:
+            models = parse_ps(json.loads(body))
+        except ValueError:
+            return None
+        if models is None:
+            return None
+        self.resident = tuple(models)
+        if self.on_ps is not None:
+            try:
+                self.on_ps(self.resident)
+            except Exception:
+                _log.failure("target monitor: on_ps failed")
+        return self.resident
+
+    def refresh_models(self) -> Deferred[bool]:
+        """Ask ``/api/ps`` now (after a load: which models did it push out?).
+
+        Fires True when it answered; never fails.
+        """
+
+        async def ask() -> bool:
+            try:
+                return await self._ps() is not None
+            except Exception:
+                return False
+
+        return Deferred.fromCoroutine(ask())
 
     def _keep(self, path: bytes, response: IResponse, body: bytes) -> None:
         content_type = response.headers.getRawHeaders(b"content-type", [b"application/json"])[0]
@@ -227,6 +264,7 @@ class TargetMonitor:
     def _probed(self, _: None) -> None:
         self._probing = None
         self.consecutive_failures = 0
+        self.last_error = None
         if self._running:
             self._schedule(self.interval)
 
@@ -235,12 +273,19 @@ class TargetMonitor:
         if not self._running:
             return  # stopped: the probe was cancelled
         self.consecutive_failures += 1
-        if self.state != "down":
-            _log.info(
-                "target {url} unreachable: {error}",
+        error = _probe_error(failure, self.probe_timeout)
+        self.last_error = error
+        self.down_by_probe = True
+        if self.state == "unknown":
+            # the first probe since start: most often a wrong FOREMAN_TARGET_URL
+            _log.warn(
+                "target {url} unreachable at start: {error} (check FOREMAN_TARGET_URL;"
+                " foreman keeps probing and holds work until it answers)",
                 url=self._base.decode(),
-                error=failure.getErrorMessage() or failure.type.__name__,
+                error=error,
             )
+        elif self.state != "down":
+            _log.info("target {url} unreachable: {error}", url=self._base.decode(), error=error)
         self._update("down", self.loaded_models, self.version, self.last_seen)
         if self._running:
             self._schedule(self._delay(self.consecutive_failures, self._rng))
@@ -270,6 +315,12 @@ class TargetMonitor:
                     callback(after)
                 except Exception:
                     _log.failure("target monitor subscriber failed")
+
+
+def _probe_error(failure: Any, timeout: float) -> str:
+    if failure.check(HeadersTimeout, BodyTimeout, TimeoutError, CancelledError):
+        return f"no answer within {timeout:g} s (asleep, or dropping packets)"
+    return str(failure.getErrorMessage() or failure.type.__name__)
 
 
 def _json_field(body: bytes, name: str, kind: type) -> Any:

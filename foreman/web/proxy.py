@@ -102,6 +102,20 @@ def _json_error(request: Any, status: int, code: str, message: str) -> None:
     request.finish()
 
 
+def _load_seconds(chunk: bytes) -> float | None:
+    """``load_duration`` (ns) of the final NDJSON line or JSON body, in seconds."""
+    if b'"load_duration"' not in chunk:
+        return None
+    line = chunk.rstrip().rsplit(b"\n", 1)[-1]
+    try:
+        value = json.loads(line).get("load_duration")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value / 1e9
+    return None
+
+
 def _describe(failure: Failure) -> str:
     value = failure.value
     reasons = getattr(value, "reasons", None)
@@ -265,6 +279,10 @@ class _Exchange(Protocol):
     producing = False  # upstream transport registered as producer on the request
     done = False
     timed_out = False  # the target went silent past the limit
+    lost: str | None = None  # the worker declared the target gone: why
+    code = 0  # the target's status code, once its headers came
+    stream_kind: bytes | None = None  # b"ndjson" or b"sse" when the body streams
+    _last = b""  # the newest body chunk: the final one carries load_duration
     _silence: Any = None  # IDelayedCall watching for a silent target
     _heard_at = 0.0
 
@@ -305,7 +323,23 @@ class _Exchange(Protocol):
         if self.client_gone:
             self._release()
             return
+        slot.on_lost = self._target_lost
         self.send()
+
+    def _target_lost(self, reason: str) -> None:
+        """The worker says the target went away (probes fail) while this runs.
+
+        Before any answer, the request goes back to the queue (or gets 502);
+        mid-body, the client gets an error line where the stream allows one.
+        """
+        if self.done or self.client_gone or self.lost is not None:
+            return
+        self.lost = reason
+        if self.pending is not None:
+            self.pending.cancel()  # _upstream_failed requeues or answers
+        elif self.transport is not None:
+            transport: Any = self.transport
+            transport.stopProducing()  # connectionLost ends the client's response
 
     def _not_admitted(self, failure: Failure) -> None:
         self.pending = None
@@ -329,6 +363,12 @@ class _Exchange(Protocol):
         slot, self.slot = self.slot, None
         if slot is not None:
             slot.release()
+
+    def _report(self) -> None:
+        """Tell the worker what the target answered (it learns the resident set)."""
+        slot = self.slot
+        if slot is not None and self.code and self.lost is None:
+            slot.outcome(self.code, _load_seconds(self._last) if self.code < 400 else None)
 
     # -- upstream request ---------------------------------------------------
 
@@ -382,7 +422,12 @@ class _Exchange(Protocol):
         proxy = self.proxy
         request = self.request
         target = proxy.upstream.base_url.decode()
-        if self.timed_out or failure.check(TimeoutError, CancelledError):
+        if self.lost is not None:
+            if self._requeue_call():
+                self.lost = None
+                return
+            status, code, message = 502, "target_lost", self.lost
+        elif self.timed_out or failure.check(TimeoutError, CancelledError):
             status, code = 504, "target_timeout"
             message = f"target {target} did not answer within {self._silence_limit():g} s"
         elif failure.check(*_UNREACHABLE):
@@ -409,17 +454,26 @@ class _Exchange(Protocol):
         the worker waits for the target instead of dispatching into a refusal.
         Nothing was sent to the client yet, so it just keeps waiting (SPEC).
         """
-        proxy = self.proxy
-        call = self.call
-        if call is None or not getattr(proxy.admission, "waits_for_target", False):
+        if not self._can_requeue():
             return False
-        if proxy.monitor is not None:
-            proxy.monitor.mark_down(_describe(failure))
-        self.admit(proxy.admission.admit(call))
+        monitor = self.proxy.monitor
+        if monitor is not None:
+            monitor.mark_down(_describe(failure))
+        return self._requeue_call()
+
+    def _can_requeue(self) -> bool:
+        return self.call is not None and getattr(self.proxy.admission, "waits_for_target", False)
+
+    def _requeue_call(self) -> bool:
+        call = self.call
+        if call is None or not self._can_requeue():
+            return False
+        self.admit(self.proxy.admission.admit(call))
         return True
 
     def _got_response(self, response: IResponse) -> None:
         self.pending = None
+        self.code = response.code
         self._heard_at = self.proxy.reactor.seconds()
         if self.client_gone:
             response.deliverBody(self)  # connectionMade stops the transport
@@ -437,6 +491,7 @@ class _Exchange(Protocol):
                 continue
             if lowered == b"content-type" and values[0].startswith(_STREAM_TYPES):
                 streaming = True
+                self.stream_kind = b"sse" if values[0].startswith(b"text/") else b"ndjson"
             out.setRawHeaders(name, values)
         request.defaultContentType = None
         length = response.length
@@ -451,6 +506,9 @@ class _Exchange(Protocol):
         slot = self.slot
         if slot is not None:
             out.setRawHeaders(b"X-Foreman-Queue-Wait-Ms", [b"%d" % round(slot.queue_wait_ms)])
+            if slot.target_wait_ms:
+                wait = b"%d" % round(slot.target_wait_ms)
+                out.setRawHeaders(b"X-Foreman-Target-Wait-Ms", [wait])
         self.producing = length is UNKNOWN_LENGTH or length > _SMALL_BODY
         response.deliverBody(self)
 
@@ -466,12 +524,15 @@ class _Exchange(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self._heard_at = self.proxy.reactor.seconds()
+        self._last = data
         if not self.client_gone:
             self.request.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.done = True
         self._stop_watching()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._report()
         self._release()
         if self.client_gone:
             return
@@ -479,6 +540,22 @@ class _Exchange(Protocol):
         if self.producing:
             request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+            return
+        if self.lost is not None and self.stream_kind is not None:
+            # the client is told inside the stream, the way the target reports
+            # a failure after streaming began, and the response ends cleanly
+            body = error_body(family_of(request.path), 502, "target_lost", self.lost)
+            if self.stream_kind == b"sse":
+                request.write(b"data: " + body + b"\n\n")
+            else:
+                request.write(body + b"\n")
+            _log.info(
+                "target lost during {method} {path}: {error}",
+                method=request.method.decode(),
+                path=request.path.decode(),
+                error=self.lost,
+            )
             request.finish()
             return
         # The target cut the body short: the client must not take it as complete.

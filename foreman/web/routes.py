@@ -56,6 +56,9 @@ def _register_ops(app: Klein, daemon: DaemonView) -> None:
         problem = store.write_problem
         ready = daemon.accepting and problem is None
         body: dict[str, Any] = {"ready": ready, "target": daemon.target_state()}
+        target_problem = daemon.target_problem()
+        if target_problem is not None:
+            body["target_error"] = target_problem  # ready all the same: work is kept
         if problem is not None:
             body["database"] = problem  # why not ready; the probe clears it once writable
             store.probe()

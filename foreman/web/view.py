@@ -43,6 +43,9 @@ class DaemonView(Protocol):
 
     def target_state(self) -> str: ...
 
+    def target_problem(self) -> str | None:
+        """Why the target is not up (the monitor's last probe error), or None."""
+
     def status(self) -> dict[str, Any]:
         """The whole ``/status`` body."""
 

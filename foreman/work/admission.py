@@ -11,6 +11,7 @@ Deferred: an implementation must then drop the call from its queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from attrs import frozen
@@ -31,10 +32,22 @@ class InferenceCall:
 
 
 class Slot(Protocol):
-    """Permission to run one request at the target."""
+    """Permission to run one request at the target.
+
+    The holder reports the target's answer (``outcome``: status code and,
+    when the final chunk said, the load time) before it ``release``s, and may
+    set ``on_lost`` to hear that the worker declared the target gone.
+    """
+
+    on_lost: Callable[[str], None] | None
 
     @property
     def queue_wait_ms(self) -> float: ...
+
+    @property
+    def target_wait_ms(self) -> float: ...
+
+    def outcome(self, code: int, load_seconds: float | None) -> None: ...
 
     def release(self) -> None: ...
 
@@ -54,19 +67,23 @@ class QueueFull(Exception):
 class _FreeSlot:
     """A slot that waited for nothing and guards nothing."""
 
-    __slots__ = ()
+    __slots__ = ("on_lost",)
 
     queue_wait_ms = 0.0
+    target_wait_ms = 0.0
+
+    def __init__(self) -> None:
+        self.on_lost: Callable[[str], None] | None = None
+
+    def outcome(self, code: int, load_seconds: float | None) -> None:
+        pass
 
     def release(self) -> None:
         pass
-
-
-_FREE = _FreeSlot()
 
 
 class ImmediateAdmission:
     """Admits every call at once: the proxy without a scheduler behind it."""
 
     def admit(self, call: InferenceCall) -> Deferred[Slot]:
-        return succeed(_FREE)
+        return succeed(_FreeSlot())

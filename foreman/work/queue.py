@@ -15,7 +15,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 
-from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
+from foreman.core.scheduler import INTERACTIVE, JOB, Resident, Scheduler, Waiting
 from foreman.work.admission import InferenceCall, QueueFull, Slot
 
 __all__ = ["Held", "WorkQueue"]
@@ -106,8 +106,8 @@ class WorkQueue:
 
     # -- the worker's side
 
-    def pick(self, loaded: str | None) -> Waiting | None:
-        item = self.scheduler.pick(self.clock(), loaded)
+    def pick(self, resident: Resident) -> Waiting | None:
+        item = self.scheduler.pick(self.clock(), resident)
         if item is not None:
             self._changed()
         return item
@@ -147,11 +147,11 @@ class WorkQueue:
 
     # -- views
 
-    def position(self, key: str, loaded: str | None) -> int | None:
-        return self.scheduler.position(key, self.clock(), loaded)
+    def position(self, key: str, resident: Resident) -> int | None:
+        return self.scheduler.position(key, self.clock(), resident)
 
-    def order(self, loaded: str | None, limit: int | None) -> list[Waiting]:
-        return self.scheduler.order(self.clock(), loaded, limit)
+    def order(self, resident: Resident, limit: int | None) -> list[Waiting]:
+        return self.scheduler.order(self.clock(), resident, limit)
 
     def held(self, key: str) -> Held | None:
         return self._held.get(key)

@@ -18,7 +18,7 @@ __all__ = ["queue_view", "work_status"]
 def queue_view(queue: WorkQueue, worker: Worker, now: float, limit: int) -> dict[str, Any]:
     """The next ``limit`` items in dispatch order, with their waits at ``now``."""
     items = []
-    for position, item in enumerate(queue.order(worker.loaded, limit)):
+    for position, item in enumerate(queue.order(worker.resident(), limit)):
         entry: dict[str, Any] = {
             "position": position,
             "kind": item.kind,
@@ -54,6 +54,8 @@ def work_status(queue: WorkQueue, worker: Worker) -> dict[str, Any]:
             "loaded_model": worker.loaded,
             "dispatched": worker.dispatched,
             "model_switches": worker.swaps,
+            "model_loads": worker.loads,
+            "lost_to_target": worker.lost,
         },
         "queue": {
             "depth": len(scheduler),

@@ -5,7 +5,18 @@ interactive request is *admitted* (its held Deferred fires and the proxy
 relays it) and the worker waits for the proxy to release the slot; a job is
 run by the ``JobRunner``. While the target is down the worker does not pick
 at all — nothing is dispatched to a target that cannot answer, and no
-attempt is spent — and sends Wake-on-LAN if configured.
+attempt is spent — and sends Wake-on-LAN if configured (once per wake-up,
+then a bounded number of resends).
+
+The worker keeps foreman's view of the target's resident set
+(``foreman.core.residency``): the monitor's ``/api/ps`` answers, plus what
+its own dispatches show (a successful response means the model is resident).
+After a dispatch that needed a load it asks ``/api/ps`` again before the next
+pick, so a model the load pushed out is not counted on. When the monitor
+declares the target down while a request runs (a sleeping box drops
+packets: the request would just hang), the request is declared lost: a job
+goes back to the queue without spending an attempt, an interactive request
+is handed back to the proxy (which requeues it or ends it with an error).
 """
 
 from __future__ import annotations
@@ -17,8 +28,10 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
 from foreman.core.backoff import RECORD_RETRY
+from foreman.core.residency import ResidentModel, ResidentSet, canonical_model
 from foreman.core.scheduler import INTERACTIVE, Waiting
-from foreman.target.call import SHUTDOWN, TargetError
+from foreman.core.wake import WakePlan
+from foreman.target.call import SHUTDOWN, UNREACHABLE, TargetError
 from foreman.work.queue import WorkQueue
 
 __all__ = ["Worker"]
@@ -52,17 +65,34 @@ class StorageHealth(Protocol):
 
 
 class _WorkerSlot:
-    """Handed to the proxy; ``release`` lets the worker go on."""
+    """Handed to the proxy; ``release`` lets the worker go on.
 
-    __slots__ = ("_released", "queue_wait_ms")
+    The proxy reports the target's answer with ``outcome`` and registers
+    ``on_lost`` to hear when the worker declares the target gone.
+    """
 
-    def __init__(self, queue_wait_ms: float, released: Deferred[None]) -> None:
+    __slots__ = ("_released", "code", "load_seconds", "on_lost", "queue_wait_ms", "target_wait_ms")
+
+    def __init__(
+        self, queue_wait_ms: float, target_wait_ms: float, released: Deferred[None]
+    ) -> None:
         self.queue_wait_ms = queue_wait_ms
+        self.target_wait_ms = target_wait_ms
         self._released = released
+        self.code: int | None = None
+        self.load_seconds: float | None = None
+        self.on_lost: Callable[[str], None] | None = None
+
+    def outcome(self, code: int, load_seconds: float | None) -> None:
+        self.code, self.load_seconds = code, load_seconds
 
     def release(self) -> None:
         if not self._released.called:
             self._released.callback(None)
+
+    def lost(self, reason: str) -> None:
+        if self.on_lost is not None and not self._released.called:
+            self.on_lost(reason)
 
 
 class Worker:
@@ -75,39 +105,90 @@ class Worker:
         monitor: Any,  # foreman.target.monitor.TargetMonitor
         wake: Callable[[], None] | None = None,
         wake_interval: float = 60.0,
+        wake_resends: int = 3,
         poke_interval: float = 5.0,
         storage: StorageHealth | None = None,
+        residency: ResidentSet | None = None,
     ) -> None:
         self._reactor = reactor
         self._queue = queue
         self._runner = runner
         self._monitor = monitor
         self._wake = wake
-        self._wake_interval = wake_interval
+        self._wake_plan = WakePlan(interval=wake_interval, resends=wake_resends)
         self._storage = storage
         # while work waits for a down target, probe at least this often (the
         # monitor's own backoff grows to 30 s; a box that just woke should not wait)
         self._poke_interval = poke_interval
-        self._last_wake = float("-inf")
         self._stopping = False
         self._loop: Deferred[None] | None = None
         self._waiting: Deferred[Any] | None = None
         self._released: Deferred[None] | None = None
+        self._slot: _WorkerSlot | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.residency = residency if residency is not None else ResidentSet()
         self.state = "idle"
-        self.loaded: str | None = None
+        self.last_model: str | None = None
+        """The model of the last dispatch that got an answer."""
         self.current: dict[str, Any] | None = None
         self.dispatched = 0
         self.swaps = 0
+        """Dispatches that needed a load while another model was resident."""
+        self.loads = 0
+        """Dispatches that needed a load."""
+        self.lost = 0
+        """Requests declared lost because the target went away under them."""
+        self.target_wait_started: float | None = None
+        self._last_wait: tuple[float, float] | None = None
+        self.last_wake_seconds: float | None = None
+        """How long the last wait for a down target took, until it answered."""
+        self.wakes = 0
         self.on_dispatch: Callable[[Waiting, float], None] | None = None
+        self.on_wake: Callable[[float], None] | None = None
+
+    @property
+    def loaded(self) -> str | None:
+        """The most recently used resident model (or the last one dispatched)."""
+        names = self.resident()
+        return names[0].removesuffix(":latest") if names else self.last_model
+
+    def resident(self) -> tuple[str, ...]:
+        """The models the scheduler may count as resident now, most recent first."""
+        return self.residency.names(self._queue.clock())
 
     def start(self) -> None:
         self._stopping = False
         self.state = "idle"
-        loaded = tuple(self._monitor.loaded_models)
-        if loaded:
-            self.loaded = loaded[0].removesuffix(":latest")
+        monitor = self._monitor
+        self._observe_ps(tuple(monitor.resident))
+        monitor.on_ps = self._observe_ps
+        self._unsubscribe = monitor.subscribe(self._target_changed)
         self._loop = Deferred.fromCoroutine(self._run())
         self._loop.addErrback(lambda f: _log.failure("worker loop crashed", f))
+
+    def _observe_ps(self, models: tuple[ResidentModel, ...]) -> None:
+        self.residency.observe_ps(models, self._queue.clock())
+        self._queue.scheduler.capacity = self.residency.capacity
+
+    def _target_changed(self, snapshot: Any) -> None:
+        """The monitor says down while a request runs: that request is lost."""
+        if snapshot.state != "down" or self.current is None:
+            return
+        if not getattr(self._monitor, "down_by_probe", True):
+            return  # a request's own failure: it is already ending with its error
+        reason = getattr(self._monitor, "last_error", None) or "the target stopped answering"
+        message = f"the target went away during the request: {reason}"
+        self.lost += 1
+        _log.warn(
+            "target lost during {kind} {what}: {reason}",
+            kind=self.current.get("kind"),
+            what=self.current.get("id") or self.current.get("path"),
+            reason=reason,
+        )
+        if self._runner.job_id is not None:
+            self._runner.abort(TargetError(UNREACHABLE, message))
+        elif self._slot is not None:
+            self._slot.lost(message)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -117,16 +198,28 @@ class Worker:
             except CancelledError:
                 break
             self.state = "idle"
-            item = self._queue.pick(self.loaded)
+            resident = self.resident()
+            item = self._queue.pick(resident)
             if item is None:
                 continue
             if self._storage_refuses(item):
                 continue
+            needs_load = canonical_model(item.model) not in resident
             try:
-                await self._dispatch(item)
+                await self._dispatch(item, needs_load, bool(resident))
             except Exception:  # never lets the one worker die; the job is put back
                 _log.failure("worker: dispatching {key} raised", key=item.key)
                 self._put_back(item)
+            if (
+                needs_load
+                and self._monitor.state == "up"
+                and hasattr(self._monitor, "refresh_models")
+            ):
+                # which model did that load push out? Ask before the next pick.
+                await self._monitor.refresh_models()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self.state = "stopped"
 
     def _storage_refuses(self, item: Waiting) -> bool:
@@ -157,6 +250,14 @@ class Worker:
         if self._monitor.state == "up":
             return
         self.state = "waiting_for_target"
+        started = self._reactor.seconds()
+        if self.target_wait_started is None:
+            self.target_wait_started = started
+            _log.warn(
+                "{n} request(s) wait for the target: {reason}",
+                n=len(self._queue.scheduler),
+                reason=getattr(self._monitor, "last_error", None) or "it is not answering",
+            )
         while self._monitor.state != "up" and not self._stopping:
             if self._monitor.state == "down":  # not while the first probe is out
                 self._send_wake()
@@ -173,14 +274,38 @@ class Worker:
                     timer.cancel()
         if self._stopping:
             raise CancelledError()
+        self._woke()
+
+    def _woke(self) -> None:
+        """The target answers again: how long did the wait (the wake) take?"""
+        began, self.target_wait_started = self.target_wait_started, None
+        self._wake_plan.reset()
+        if began is None:
+            return
+        ended = self._reactor.seconds()
+        self._last_wait = (began, ended)
+        seconds = max(0.0, ended - began)
+        self.last_wake_seconds = seconds
+        self.wakes += 1
+        _log.info("target answers again after {seconds:.1f} s", seconds=seconds)
+        if self.on_wake is not None:
+            try:
+                self.on_wake(seconds)
+            except Exception:
+                _log.failure("worker: on_wake raised")
 
     def _send_wake(self) -> None:
         now = self._reactor.seconds()
-        if self._wake is not None and now - self._last_wake >= self._wake_interval:
-            self._last_wake = now
+        if self._wake is not None and self._wake_plan.due(now):
+            self._wake_plan.sent(now)
             self._wake()
 
-    async def _dispatch(self, item: Waiting) -> None:
+    @property
+    def wake_packets(self) -> int:
+        """Wake-on-LAN packets sent for the current wait."""
+        return self._wake_plan.count
+
+    async def _dispatch(self, item: Waiting, needs_load: bool, others_resident: bool) -> None:
         now = self._queue.clock()  # the clock that stamped item.enqueued_at
         waited = max(0.0, now - item.enqueued_at)
         if self.on_dispatch is not None:
@@ -188,13 +313,20 @@ class Worker:
                 self.on_dispatch(item, waited)
             except Exception:  # an observer (logs, metrics) never stops the work
                 _log.failure("worker: on_dispatch raised")
-        if self.loaded is not None and item.model != self.loaded:
-            self.swaps += 1
+        if needs_load:
+            self.loads += 1
+            if others_resident or (self.last_model not in (None, item.model)):
+                self.swaps += 1
         self.dispatched += 1
         if item.kind == INTERACTIVE:
             await self._admit(item, waited)
         else:
             await self._run_job(item)
+
+    def _served(self, model: str) -> None:
+        """The target answered for ``model``: it is resident now."""
+        self.last_model = model
+        self.residency.observe_response(model, self._queue.clock())
 
     async def _admit(self, item: Waiting, waited: float) -> None:
         held = self._queue.take_held(item.key)
@@ -204,14 +336,24 @@ class Worker:
         self._released = released
         self.state = "working"
         self.current = {"kind": "interactive", "model": item.model, "path": held.call.path}
-        self.loaded = item.model
-        held.deferred.callback(_WorkerSlot(waited * 1000.0, released))
+        target_wait = 0.0
+        if self._last_wait is not None:  # the part of its wait spent on a down target
+            began, ended = self._last_wait
+            target_wait = max(0.0, ended - max(began, item.enqueued_at))
+        slot = _WorkerSlot(waited * 1000.0, target_wait * 1000.0, released)
+        self._slot = slot
+        held.deferred.callback(slot)
         try:
             await released
         finally:
             self._released = None
+            self._slot = None
             self.current = None
             self.state = "idle"
+        if slot.code is not None and slot.code < 400:
+            self._served(item.model)
+            if slot.load_seconds is not None and slot.load_seconds > 0.05:
+                self.residency.observe_load(item.model, slot.load_seconds)
 
     async def _run_job(self, item: Waiting) -> None:
         self.state = "working"
@@ -219,7 +361,7 @@ class Worker:
         try:
             model = await self._runner.run(item.key)
             if model is not None:
-                self.loaded = model
+                self._served(model)
         finally:
             self.current = None
             self.state = "idle"

@@ -94,6 +94,9 @@ class View:
     def target_state(self) -> str:
         return "up"
 
+    def target_problem(self) -> str | None:
+        return None
+
     def status(self) -> dict[str, Any]:
         return {"version": "test", "queue": {"depth": len(self.queue.scheduler)}, "n": [1, 2]}
 

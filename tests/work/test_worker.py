@@ -6,6 +6,8 @@ each test is synchronous and takes microseconds.
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
+from foreman.core.residency import ResidentModel, canonical_model
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 from foreman.target.call import SHUTDOWN, TargetError
 from foreman.work.admission import InferenceCall, Slot
@@ -69,11 +72,35 @@ class FakeMonitor:
         self._clock = clock
         self.state = state
         self.loaded_models = loaded
+        self.resident = tuple(ResidentModel(canonical_model(m), math.inf) for m in loaded)
+        self.last_error: str | None = None
+        self.on_ps: Any = None
+        self.refreshes = 0
         self.pokes: list[float] = []
         self.waiters: list[Deferred[None]] = []
+        self.subscribers: list[Any] = []
 
     def poke(self) -> None:
         self.pokes.append(self._clock.seconds())
+
+    def subscribe(self, callback: Any) -> Any:
+        self.subscribers.append(callback)
+        return lambda: self.subscribers.remove(callback)
+
+    def refresh_models(self) -> Deferred[bool]:
+        self.refreshes += 1
+        return succeed(True)
+
+    def ps(self, *names: str, expires_at: float = math.inf) -> None:
+        """/api/ps answered with ``names``."""
+        self.resident = tuple(ResidentModel(canonical_model(m), expires_at) for m in names)
+        self.on_ps(self.resident)
+
+    def go_down(self, error: str = "no answer within 3 s") -> None:
+        self.state = "down"
+        self.last_error = error
+        for callback in list(self.subscribers):
+            callback(SimpleNamespace(state="down"))
 
     def when_up(self) -> Deferred[None]:
         if self.state == "up":
@@ -204,7 +231,7 @@ def test_admission_gets_a_slot_and_the_worker_waits_for_its_release(h: Harness) 
     slot = result_of(d)
     assert h.worker.state == "working"
     assert h.worker.current == {"kind": "interactive", "model": "m", "path": "/api/generate"}
-    assert h.worker.loaded == "m"
+    assert h.worker.loaded is None  # resident once the target answered
     assert h.worker.dispatched == 1
     assert h.queue.interactive_waiting == 0
 
@@ -212,8 +239,10 @@ def test_admission_gets_a_slot_and_the_worker_waits_for_its_release(h: Harness) 
     h.clock.advance(600)
     assert h.runner.started == [], "a job started while the slot was held"
 
+    slot.outcome(200, None)
     slot.release()
     assert h.runner.started == ["j1"]
+    assert h.worker.loaded == "m"
     slot.release()  # a second release is harmless
     assert h.runner.started == ["j1"]
 
@@ -335,9 +364,24 @@ def test_a_runner_returning_no_model_leaves_loaded_alone(clock: Clock) -> None:
 def test_an_admission_counts_a_swap_and_sets_loaded(clock: Clock) -> None:
     h = make(clock, loaded=("b",))
     h.worker.start()
-    result_of(h.admit("a")).release()
-    result_of(h.admit("a")).release()
+    for _ in range(2):
+        slot = result_of(h.admit("a"))
+        slot.outcome(200, 1.5)
+        slot.release()
     assert (h.worker.loaded, h.worker.swaps, h.worker.dispatched) == ("a", 1, 2)
+    assert h.worker.loads == 1  # the second found a resident
+    assert h.worker.residency.load_seconds("a") == 1.5
+
+
+def test_a_404_leaves_the_resident_set_alone(clock: Clock) -> None:
+    """A request for a model the target does not have does not make it 'loaded'."""
+    h = make(clock, loaded=("b",))
+    h.worker.start()
+    slot = result_of(h.admit("doesnotexist"))
+    slot.outcome(404, None)
+    slot.release()
+    assert h.worker.loaded == "b"
+    assert h.worker.resident() == ("b:latest",)
 
 
 # -- a target that is down ----------------------------------------------------
@@ -414,6 +458,86 @@ def test_an_idle_worker_does_not_poke_a_down_target(clock: Clock) -> None:
     assert h.monitor.pokes == []
     assert h.wakes == []
     assert h.worker.state == "idle"
+
+
+def test_wake_is_sent_once_per_wake_up_with_bounded_resends(clock: Clock) -> None:
+    h = make(clock, state="down", wake_interval=10.0, wake_resends=2, poke_interval=5.0)
+    h.add("j1", "m")
+    h.worker.start()
+    h.clock.pump([5.0] * 20)  # 100 s asleep
+    assert h.wakes == [0.0, 10.0, 20.0], "one packet, then two resends, then silence"
+    assert h.worker.wake_packets == 3
+    h.monitor.come_up()
+    assert h.worker.last_wake_seconds == 100.0 and h.worker.wakes == 1
+    assert h.worker.wake_packets == 0
+    h.runner.finish("j1", "m")
+    # the next sleep is a new wake-up: it gets its own packet
+    h.monitor.state = "down"
+    h.add("j2", "m")
+    h.clock.advance(1.0)
+    assert h.wakes == [0.0, 10.0, 20.0, 100.0]
+
+
+def test_the_wait_for_the_target_shows_in_the_slot(clock: Clock) -> None:
+    h = make(clock, state="down")
+    h.worker.start()
+    d = h.admit("m")
+    h.clock.advance(7.0)
+    h.monitor.come_up()
+    slot = result_of(d)
+    assert slot.queue_wait_ms == 7000.0 and slot.target_wait_ms == 7000.0
+    slot.release()
+    slot = result_of(h.admit("m"))  # arrived after the wake: no target wait
+    assert slot.target_wait_ms == 0.0
+
+
+def test_a_job_in_flight_is_lost_when_the_target_goes_down(clock: Clock) -> None:
+    h = make(clock)
+    h.add("j1", "m")
+    h.worker.start()
+    assert h.runner.started == ["j1"]
+    h.monitor.go_down("no answer within 3 s (asleep, or dropping packets)")
+    [(job, reason)] = h.runner.aborts
+    assert job == "j1" and reason is not None
+    assert reason.kind == "target_unreachable"  # requeued, no attempt spent
+    assert "asleep" in reason.message
+    assert h.worker.lost == 1
+    assert h.worker.current is None
+
+
+def test_an_interactive_request_in_flight_hears_that_the_target_is_lost(clock: Clock) -> None:
+    h = make(clock)
+    h.worker.start()
+    slot = result_of(h.admit("m"))
+    heard: list[str] = []
+    slot.on_lost = heard.append
+    h.monitor.go_down("no answer within 3 s")
+    assert heard and "no answer within 3 s" in heard[0]
+    slot.release()
+    h.monitor.go_down()  # nothing in flight: nothing to lose
+    assert h.worker.lost == 1
+
+
+def test_after_a_load_the_worker_asks_ps_before_the_next_pick(clock: Clock) -> None:
+    h = make(clock, loaded=("a",))
+    h.add("j1", "a")
+    h.add("j2", "b")
+    h.worker.start()
+    h.runner.finish("j1", "a")
+    assert h.monitor.refreshes == 0, "a was resident: nothing to ask"
+    h.runner.finish("j2", "b")
+    assert h.monitor.refreshes == 1
+    assert h.worker.loads == 1
+
+
+def test_ps_answers_feed_the_resident_set_and_capacity(clock: Clock) -> None:
+    h = make(clock)
+    h.worker.start()
+    h.monitor.ps("a", "b:7b")
+    assert h.worker.resident() == ("a:latest", "b:7b")
+    assert h.queue.scheduler.capacity == 2
+    h.monitor.ps("a", expires_at=clock.seconds() + 2.0)  # about to expire: not counted
+    assert h.worker.resident() == ()
 
 
 # -- a runner that fails -----------------------------------------------------
@@ -653,6 +777,8 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
             "loaded_model": "b",
             "dispatched": 1,
             "model_switches": 0,
+            "model_loads": 0,
+            "lost_to_target": 0,
         },
         "queue": {
             "depth": 4,
@@ -676,6 +802,7 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
         "path": "/api/chat",
     }
     assert (status["worker"]["dispatched"], status["worker"]["model_switches"]) == (2, 1)
+    slot.outcome(200, None)
     slot.release()
     # j_retry (created at 50) is the oldest "a" job now
     assert h.runner.started == ["j_run", "j_retry"]
@@ -712,10 +839,10 @@ def test_queue_view_orders_by_the_workers_loaded_model(clock: Clock) -> None:
     h.add("a1", "a", created_at=0.0)
     h.add("b1", "b", created_at=1.0)
     h.add("a2", "a", created_at=2.0)
-    h.worker.loaded = "b"  # not started: nothing is dispatched
+    h.worker.residency.observe_response("b", 0.0)  # not started: nothing is dispatched
     ids = [e["id"] for e in queue_view(h.queue, h.worker, 10.0, limit=10)["data"]]
     assert ids == ["b1", "a1", "a2"]
-    h.worker.loaded = None
+    h.worker.residency.observe_ps([], 0.0)
     ids = [e["id"] for e in queue_view(h.queue, h.worker, 10.0, limit=10)["data"]]
     assert ids == ["a1", "a2", "b1"]
 
