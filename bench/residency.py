@@ -43,6 +43,7 @@ from attrs import define, field, frozen
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._proc import Goal, Results, md_table, pcts
+from foreman.core.residency import canonical_model as sched_name
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 from foreman.testing._residency import Grant, Residency, Slot, StartLoad
 
@@ -125,6 +126,8 @@ def simulate(arrivals: list[Arrival], policy: str, max_loaded: int) -> Outcome:
             now += LOAD_SECONDS[a.model]
             target.finish_load(now)
             outcome.loads += 1
+            if policy == "residency-aware":  # learned from load_duration
+                sched.load_costs[sched_name(a.model)] = LOAD_SECONDS[a.model]
             step = target.step()
         assert isinstance(step, Grant)
         now += a.run

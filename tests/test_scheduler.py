@@ -50,15 +50,18 @@ def after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ..
 class Reference:
     """The rules written down as literally as possible, O(n) per operation."""
 
-    def __init__(self, max_wait: float, capacity: int = 1) -> None:
+    def __init__(
+        self, max_wait: float, capacity: int = 1, costs: dict[str, float] | None = None
+    ) -> None:
         self.max_wait = max_wait
         self.capacity = capacity
+        self.costs = costs or {}
         self.items: list[Waiting] = []
         self.turn_model: str | None = None
         self.turn_start = -math.inf
 
     def clone(self) -> Reference:
-        other = Reference(self.max_wait, self.capacity)
+        other = Reference(self.max_wait, self.capacity, self.costs)
         other.items = list(self.items)
         other.turn_model, other.turn_start = self.turn_model, self.turn_start
         return other
@@ -101,10 +104,17 @@ class Reference:
         top = max(x.priority for x in self.items)
         at_top = [x for x in self.items if x.priority == top]
         mine = [x for x in at_top if x.model in names]
+        oldest = min(at_top, key=lambda x: x.age)
         if mine and not self.starving(now, names):
             chosen = min(mine, key=lambda x: x.age)
+        elif oldest.model in names:
+            chosen = oldest
         else:
-            chosen = min(at_top, key=lambda x: x.age)
+            # a load: among requests exactly as old, the model that loads fastest
+            tied = [
+                x for x in at_top if x.model not in names and x.enqueued_at == oldest.enqueued_at
+            ]
+            chosen = min(tied, key=lambda x: (self.costs.get(x.model, math.inf), x.age))
         if chosen.model not in names or model is None:
             model, start = chosen.model, now
         return chosen, model, start
@@ -158,11 +168,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.sched = Scheduler(0.0)
         self.ref = Reference(0.0)
 
-    @initialize(max_wait=st.sampled_from(MAX_WAITS), capacity=st.integers(1, 3))
-    def setup(self, max_wait: float, capacity: int) -> None:
+    @initialize(
+        max_wait=st.sampled_from(MAX_WAITS),
+        capacity=st.integers(1, 3),
+        costs=st.dictionaries(st.sampled_from(MODELS), st.sampled_from([1.0, 5.0, 30.0])),
+    )
+    def setup(self, max_wait: float, capacity: int, costs: dict[str, float]) -> None:
         self.capacity = capacity
         self.sched = Scheduler(max_wait, capacity)
-        self.ref = Reference(max_wait, capacity)
+        self.sched.load_costs = {f"{m}:latest": c for m, c in costs.items()}
+        self.ref = Reference(max_wait, capacity, costs)
 
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 10.0, 40.0]))
     def tick(self, dt: float) -> None:
@@ -421,6 +436,7 @@ def test_starvation_bound_under_a_stream_of_the_loaded_model(
         st.lists(st.sampled_from(MODELS), max_size=4).map(tuple),
     ),
     capacity=st.integers(1, 4),
+    costs=st.dictionaries(st.sampled_from(MODELS), st.sampled_from([1.0, 5.0, 30.0])),
 )
 @settings(max_examples=examples(300), deadline=None)
 def test_order_and_position_match_reference(
@@ -430,10 +446,12 @@ def test_order_and_position_match_reference(
     now: float,
     loaded: Any,
     capacity: int,
+    costs: dict[str, float],
 ) -> None:
-    """Dense states (few ages, many models, resident sets, a turn begun earlier)."""
+    """Dense states (few ages, many models, resident sets, load costs, a turn begun earlier)."""
     sched = Scheduler(max_wait, capacity)
-    ref = Reference(max_wait, capacity)
+    sched.load_costs = {f"{m}:latest": c for m, c in costs.items()}
+    ref = Reference(max_wait, capacity, costs)
     for i, (model, priority, at) in enumerate(specs):
         item = mk(f"k{i}", model, at, i, priority)
         sched.add(item)
@@ -644,6 +662,20 @@ def test_starvation_bound_under_streams_of_several_resident_models(
             older_done_at = now
         now += runs[step % len(runs)]
     pytest.fail("c never picked")
+
+
+def test_among_requests_exactly_as_old_the_fastest_load_goes_first() -> None:
+    """A batch submitted at once: its lines share a timestamp; loads go cheapest first."""
+    sched = Scheduler(600.0)
+    for i, model in enumerate(["big", "small", "mid"] * 2):
+        sched.add(mk(f"k{i}", model, 5.0, i))
+    assert [x.model for x in sched.order(10.0, None)][::2] == ["big", "small", "mid"]
+    sched.load_costs = {"big:latest": 30.0, "small:latest": 2.0, "mid:latest": 8.0}
+    keys = [x.key for x in sched.order(10.0, None)]
+    assert keys == ["k1", "k4", "k2", "k5", "k0", "k3"]
+    assert [sched.position(k, 10.0, None) for k in keys] == list(range(6))
+    sched.add(mk("older", "big", 4.0, 9))  # cost never beats age
+    assert [x.key for x in sched.order(10.0, None)][:3] == ["older", "k0", "k3"]
 
 
 def _internal_size(sched: Scheduler) -> int:

@@ -30,6 +30,7 @@ def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
         started = getattr(request, "started", None)
         duration = (clock.seconds() - started) * 1000.0 if started else 0.0
         wait = request.responseHeaders.getRawHeaders(b"x-foreman-queue-wait-ms")
+        down = request.responseHeaders.getRawHeaders(b"x-foreman-target-wait-ms")
         model = request.model
         _access.info(
             "{method} {path} {status} {duration_ms:.1f}ms {route}{model_text}{wait_text}",
@@ -41,7 +42,9 @@ def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
             model=model,
             model_text=f" model={model}" if model else "",
             queue_wait_ms=float(wait[0]) if wait else None,
-            wait_text=f" waited {wait[0].decode()}ms" if wait else "",
+            target_wait_ms=float(down[0]) if down else None,
+            wait_text=(f" waited {wait[0].decode()}ms" if wait else "")
+            + (f" ({down[0].decode()}ms of it for the target)" if down else ""),
         )
 
     return report

@@ -87,7 +87,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
 
     def loaded(model: str, seconds: float) -> None:
         metrics.model_loaded(model, seconds)
-        worker.residency.observe_load(model, seconds)
+        worker.observe_load(model, seconds)
 
     runner.on_load = loaded
     runner.knows_resident = lambda model: worker.residency.is_resident(model, queue.clock())

@@ -12,6 +12,8 @@ about to expire). Rules, in order (a higher ``priority`` number is more urgent):
 
 When nothing at the top priority waits for a resident model, the next request
 is the oldest at that priority: its model is loaded and starts a new *turn*.
+Among requests exactly as old (a batch submitted at once), the model with the
+smallest learned load cost (``load_costs``) is loaded first.
 
 Starvation bound, applied per turn (ADR 0006, ADR 0017): the scheduler
 remembers the model of the last load and when it began (the ``now`` of that
@@ -28,9 +30,10 @@ With one resident model this is exactly the single-model drain-by-model rule.
 Priority is never overridden: a low priority request can wait forever behind a
 continuous stream of higher priority work. That is what priority means here.
 
-Complexity: ``add``, ``remove``, ``pick`` and ``peek`` are O(log n) amortised
-(heaps with lazy deletion); ``order(limit=k)`` is O(k log n); ``position`` is
-O(priorities x models x log n): each (priority, model) keeps its live ages in
+Complexity (heaps with lazy deletion): ``add`` and ``remove`` are O(log n)
+amortised; ``pick`` and ``peek`` add O(models waiting at the top priority) to
+that (finding resident work); ``order(limit=k)`` is k picks; ``position`` is
+O(priorities x models² x log n): each (priority, model) keeps its live ages in
 a ``SortedList`` so a rank is a bisection.
 """
 
@@ -119,6 +122,9 @@ class Scheduler:
         #: how many models the target holds at once, as far as the caller knows;
         #: only the predictions (order, position) use it
         self.capacity = capacity
+        #: learned load seconds per model (``name:tag``): among requests exactly
+        #: as old, the fastest load goes first
+        self.load_costs: dict[str, float] = {}
         self._canonical: dict[str, str] = {}
         self._live: dict[str, tuple[Waiting, int]] = {}
         self._tokens = itertools.count()
@@ -356,10 +362,33 @@ class Scheduler:
                         best = top
             if best is not None and not now - max(head[0], turn_start) > self._max_wait:
                 key = best[2]
+            else:
+                key = self._load_choice(p, head, resident)
         item = self._live[key][0]
         if self._c(item.model) not in resident or turn_model is None:
             turn_model, turn_start = item.model, now
         return item, (turn_model, turn_start)
+
+    def _cost(self, model: str) -> float:
+        """Learned load seconds of ``model``; unknown sorts after every known one."""
+        return self.load_costs.get(self._c(model), math.inf)
+
+    def _load_choice(self, p: int, head: _Head, resident: tuple[str, ...]) -> str:
+        """The key to load: the oldest, or among requests exactly as old (a batch
+        submitted at once) the one whose model loads fastest."""
+        if not self.load_costs:
+            return head[2]
+        heads = self._heads[p]
+        tied: list[_Head] = []
+        while heads and heads[0][0] == head[0]:
+            top = heapq.heappop(heads)
+            if self._head_valid(p, top):
+                tied.append(top)
+        for top in tied:
+            heapq.heappush(heads, top)
+        candidates = [h for h in tied if self._c(h[4]) not in resident]
+        best = min(candidates, key=lambda h: (self._cost(h[4]), h[1], h[2]))
+        return best[2]
 
     def _top_priority(self) -> int | None:
         heap = self._prio_heap
@@ -444,12 +473,17 @@ class Scheduler:
                 state.turn_model, state.turn_start = None, now
             resident = [m for m in left if self._c(m) in state.resident]
             others = [m for m in left if self._c(m) not in state.resident]
-            load = min(others, key=lambda m: ages[m][start[m]]) if others else None
+            load = None
+            if others:
+                oldest = min(ages[m][start[m]] for m in others)
+                load = min(
+                    others,
+                    key=lambda m: (ages[m][start[m]][0], self._cost(m), *ages[m][start[m]][1:]),
+                )
             if resident:
                 if load is None:
                     ends = {m: len(ages[m]) for m in resident}
                 else:
-                    oldest = ages[load][start[load]]
                     if now - max(oldest[0], state.turn_start) > self._max_wait:
                         ends = {m: max(start[m], ages[m].bisect_left(oldest)) for m in resident}
                     else:

@@ -319,16 +319,21 @@ class Worker:
                 self.swaps += 1
         self.dispatched += 1
         if item.kind == INTERACTIVE:
-            await self._admit(item, waited)
+            await self._admit(item, waited, needs_load)
         else:
             await self._run_job(item)
+
+    def observe_load(self, model: str, seconds: float) -> None:
+        """A load of ``model`` took ``seconds``: the scheduler breaks ties with it."""
+        self.residency.observe_load(model, seconds)
+        self._queue.scheduler.load_costs = self.residency.load_costs
 
     def _served(self, model: str) -> None:
         """The target answered for ``model``: it is resident now."""
         self.last_model = model
         self.residency.observe_response(model, self._queue.clock())
 
-    async def _admit(self, item: Waiting, waited: float) -> None:
+    async def _admit(self, item: Waiting, waited: float, needs_load: bool) -> None:
         held = self._queue.take_held(item.key)
         if held is None or held.deferred.called:
             return  # the client left between pick and dispatch
@@ -352,8 +357,8 @@ class Worker:
             self.state = "idle"
         if slot.code is not None and slot.code < 400:
             self._served(item.model)
-            if slot.load_seconds is not None and slot.load_seconds > 0.05:
-                self.residency.observe_load(item.model, slot.load_seconds)
+            if needs_load and slot.load_seconds is not None:
+                self.observe_load(item.model, slot.load_seconds)
 
     async def _run_job(self, item: Waiting) -> None:
         self.state = "working"

@@ -182,7 +182,9 @@ async def test_sleep_mid_stream_ends_the_stream_with_an_error_line(tmp_path: Pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_request_without_an_answer_yet_waits_for_the_wake(tmp_path: Path) -> None:
+async def test_a_request_without_an_answer_yet_waits_for_the_wake(
+    tmp_path: Path, logged: list[Any]
+) -> None:
     """Asleep during the load: no byte was relayed, so the request just waits again."""
     sim = _sim(load_time=1.5, token_rate=0.0)
     stack = await _stack(tmp_path, sim)
@@ -213,6 +215,8 @@ async def test_a_request_without_an_answer_yet_waits_for_the_wake(tmp_path: Path
         )
         waited = response.headers.getRawHeaders(b"x-foreman-target-wait-ms")
         assert waited and int(waited[0]) > 0
+        [line] = [e for e in logged if e.get("path") == "/api/chat" and "status" in e]
+        assert line["target_wait_ms"] == float(waited[0])  # the access log says it too
     finally:
         await pool.closeCachedConnections()
         await stack.stop()

@@ -371,6 +371,7 @@ def test_an_admission_counts_a_swap_and_sets_loaded(clock: Clock) -> None:
     assert (h.worker.loaded, h.worker.swaps, h.worker.dispatched) == ("a", 1, 2)
     assert h.worker.loads == 1  # the second found a resident
     assert h.worker.residency.load_seconds("a") == 1.5
+    assert h.queue.scheduler.load_costs == {"a:latest": 1.5}  # ties go to fast loads
 
 
 def test_a_404_leaves_the_resident_set_alone(clock: Clock) -> None:
