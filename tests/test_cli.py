@@ -15,7 +15,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
+from foreman import __version__
 from foreman.client.cli import Live, run
 from foreman.testing import OllamaSimulator, reply_text
 from tests.harness import chat, reactor, start_stack
@@ -265,7 +268,7 @@ async def test_cancel_and_failed_jobs_exit_1(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_usage_connection_and_auth_errors_exit_2(tmp_path: Path) -> None:
+async def test_usage_and_auth_errors_exit_2(tmp_path: Path) -> None:
     stack = await start_stack(tmp_path, api_tokens=("s3cret",))
     try:
         denied = await foreman("list", url=stack.url)
@@ -275,14 +278,6 @@ async def test_usage_connection_and_auth_errors_exit_2(tmp_path: Path) -> None:
         assert allowed.status == 0 and allowed.json() == []
         from_env = await foreman("list", "--json", url=stack.url, env={"FOREMAN_TOKEN": "s3cret"})
         assert from_env.status == 0 and from_env.json() == []
-
-        # bound but not listening: refused, and no other test can take the port meanwhile
-        with socket.socket() as held:
-            held.bind(("127.0.0.1", 0))
-            closed = f"http://127.0.0.1:{held.getsockname()[1]}"
-            refused = await foreman("get", "job_00000000000000000000000000", "--url", closed)
-        assert refused.status == 2
-        assert "refused" in refused.err
 
         no_request = await foreman("submit", url=stack.url)
         assert no_request.status == 2 and "usage" in no_request.err
@@ -298,6 +293,158 @@ async def test_usage_connection_and_auth_errors_exit_2(tmp_path: Path) -> None:
         assert bad_request.status == 2 and "missing_field" in bad_request.err
     finally:
         await stack.stop()
+
+
+def one_line(text: str) -> str:
+    """The single line a failed command printed (no traceback, no usage dump)."""
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_url_without_a_scheme_means_http(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        port = stack.url.rsplit(":", 1)[1]
+        submitted = await foreman(
+            "--url", f"localhost:{port}", "submit", "--model", "qwen3", "--prompt", "bare"
+        )
+        assert submitted.status == 0, submitted.err
+        job_id = submitted.out.strip()
+        from_env = await foreman("wait", job_id, "--json", url=f"127.0.0.1:{port}/")
+        assert from_env.status == 0, from_env.err
+        job = from_env.json()
+        assert isinstance(job, dict) and job["state"] == "done"
+        assert job["result"]["message"]["content"] == reply_text("qwen3", "bare", 8)
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unusable_url_is_a_one_line_usage_error() -> None:
+    for url in ("ftp://x", "http://", "http://exa mple:8080", "localhost:99999", "http:/x"):
+        given = await foreman("--url", url, "list")
+        assert given.status == 2, (url, given.err)
+        line = one_line(given.err)
+        assert line.startswith("foreman: --url: ") and repr(url) in line, line
+    from_env = await foreman("get", "job_x", url="gopher://old.example")
+    assert from_env.status == 2
+    assert one_line(from_env.err).startswith("foreman: $FOREMAN_URL: ")
+    assert "http://" in from_env.err  # says what would work
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_command_lists_the_commands_and_version_prints_it() -> None:
+    bare = await foreman()
+    assert bare.status == 2 and bare.out == ""
+    assert bare.err.startswith("usage: foreman ")
+    for command in ("submit", "get", "list", "wait", "cancel", "delete", "artifact", "pull"):
+        assert f"\n    {command} " in bare.err, command
+    assert "Exit status" in bare.err
+    options_only = await foreman("--json")
+    assert (options_only.status, options_only.err) == (2, bare.err)
+
+    version = await foreman("--version")
+    assert (version.status, version.out, version.err) == (0, f"foreman {__version__}\n", "")
+
+    helped = await foreman("list", "--help")
+    assert helped.status == 0 and helped.out.startswith("usage: foreman list ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_missing_an_argument_shows_its_own_usage(tmp_path: Path) -> None:
+    cases = [
+        (("get",), "usage: foreman get ", "required: id"),
+        (("artifact", "job_x"), "usage: foreman artifact ", "required: name"),
+        (("submit",), "usage: foreman submit ", "request file"),
+        (("submit", "--prompt", "hi"), "usage: foreman submit ", "--model"),
+        (("list", "--limit", "-1"), "usage: foreman list ", "--limit"),
+        (("wait", "job_x", "--timeout", "-1"), "usage: foreman wait ", "--timeout"),
+    ]
+    for args, usage, reason in cases:
+        result = await foreman(*args, url="http://127.0.0.1:1")
+        assert result.status == 2, (args, result.err)
+        assert result.err.startswith(usage), result.err
+        assert reason in result.err.splitlines()[-1], result.err
+
+    binary = tmp_path / "request.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    unreadable = await foreman("submit", str(binary), url="http://127.0.0.1:1")
+    assert unreadable.status == 2
+    assert "UTF-8" in unreadable.err and "Traceback" not in unreadable.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_says_so_when_no_job_matches(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        empty = await foreman("list", url=stack.url)
+        assert (empty.status, empty.out, empty.err) == (0, "", "no jobs\n")
+        as_json = await foreman("list", "--json", url=stack.url)
+        assert (as_json.status, as_json.json(), as_json.err) == (0, [], "")
+
+        job = await stack.submit(chat("llama3.2", "one"))
+        await foreman("wait", job["id"], url=stack.url)
+        none_failed = await foreman("list", "--state", "failed", "--model", "m", url=stack.url)
+        assert none_failed.status == 0 and none_failed.out == ""
+        assert none_failed.err == "no jobs match --state failed --model m\n"
+        listed = await foreman("list", url=stack.url)
+        assert listed.err == "" and job["id"] in listed.out
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_server_exits_3_with_one_line_naming_the_url() -> None:
+    # bound but not listening: refused, and no other test can take the port meanwhile
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{held.getsockname()[1]}"
+        refused = await foreman("get", "job_00000000000000000000000000", "--url", closed)
+        pulled = await foreman("pull", "gemma3", url=closed)
+        waited = await foreman("wait", "job_00000000000000000000000000", url=closed)
+    for result in (refused, pulled, waited):
+        assert result.status == 3, result.err
+        line = one_line(result.err)
+        assert closed in line and "refused" in line, line
+
+    unknown = await foreman("list", "--url", "no-such-host.invalid:8080")
+    assert unknown.status == 3, unknown.err
+    line = one_line(unknown.err)
+    assert "http://no-such-host.invalid:8080/jobs" in line and "DNS" in line, line
+
+
+class _NotForeman(Resource):
+    """Some other web server: an HTML page at /jobs, an HTML 404 page elsewhere."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html")
+        if request.path != b"/jobs":
+            request.setResponseCode(404)
+        return b"<html>\n<body>\n<h1>Welcome</h1>\n</body>\n</html>\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_is_not_foreman_gets_one_line_not_a_traceback() -> None:
+    port = reactor.listenTCP(0, Site(_NotForeman()), interface="127.0.0.1")
+    url = f"127.0.0.1:{port.getHost().port}"
+    try:
+        listed = await foreman("list", url=url)
+        assert listed.status == 2
+        line = one_line(listed.err)
+        assert f"GET http://{url}/jobs" in line and "Welcome" in line and "not a foreman" in line
+        missing = await foreman("get", "job_1", url=url)
+        assert missing.status == 2
+        assert "404" in one_line(missing.err) and "Welcome" in missing.err
+    finally:
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

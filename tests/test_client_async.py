@@ -32,6 +32,7 @@ from foreman.client import (
     ForemanConnectionError,
     ForemanError,
     IdempotencyConflict,
+    InvalidURL,
     Job,
     JobCancelled,
     JobEvent,
@@ -522,6 +523,81 @@ async def test_connection_refused_raises_after_retries() -> None:
             await client.events("job_00000000000000000000000000").next()
     finally:
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeouts_and_dns_failures_raise_connection_errors_naming_the_url() -> None:
+    # accepts connections and never answers
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    silent = f"http://127.0.0.1:{port.getHost().port}"
+    retry = RetryPolicy(attempts=2, base=0.01)
+    client = AsyncForemanClient(silent, reactor=reactor, timeout=0.2, retry=retry)
+    unknown = AsyncForemanClient("http://no-such-host.invalid:8080", reactor=reactor, retry=retry)
+    try:
+        for call in (
+            lambda: client.get("job_1"),
+            lambda: client.events("job_1").next(),
+            lambda: client.pull("gemma3").next(),
+        ):
+            with pytest.raises(ForemanConnectionError) as timed_out:
+                await call()
+            assert silent in str(timed_out.value)
+            assert "no reply within 0.2 s" in str(timed_out.value)
+        for call in (
+            lambda: unknown.get("job_1"),
+            lambda: unknown.events("job_1").next(),
+            lambda: unknown.pull("gemma3").next(),
+        ):
+            with pytest.raises(ForemanConnectionError) as not_resolved:
+                await call()
+            assert "http://no-such-host.invalid:8080/" in str(not_resolved.value)
+            assert "DNS lookup failed" in str(not_resolved.value)
+    finally:
+        await client.close()
+        await unknown.close()
+        await port.stopListening()
+
+
+# -- base URLs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_base_url_without_a_scheme_means_http(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    bare = stack.url.removeprefix("http://")
+    client = AsyncForemanClient(bare + "/", reactor=reactor)
+    try:
+        assert client.base_url == stack.url
+        proxied = AsyncForemanClient(" HTTPS://Example.com:8443/foreman/ ", reactor=reactor)
+        assert proxied.base_url == "https://Example.com:8443/foreman"
+        result = await client.run(chat("llama3.2", "no scheme"))
+        assert result["message"]["content"] == reply_text("llama3.2", "no scheme", 8)
+    finally:
+        await client.close()
+        await stack.stop()
+
+
+def test_an_unusable_base_url_raises_invalid_url_at_once() -> None:
+    cases = {
+        "": "empty",
+        "ftp://x": "ftp:// is not supported",
+        "http://": "no host",
+        "http://:8080": "no host",
+        "http://exa mple": "space",
+        "localhost:99999": "port",
+        "localhost:http": "port",
+        "http:/localhost:8080": "http://",
+        "http://user:pw@host": "token",
+        "http://host/?q=1": "query",
+    }
+    for url, reason in cases.items():
+        with pytest.raises(InvalidURL) as invalid:
+            AsyncForemanClient(url, reactor=reactor)
+        error = invalid.value
+        assert isinstance(error, ForemanError) and isinstance(error, ValueError)
+        assert error.code == "invalid_url" and error.status is None
+        assert repr(url) in error.message and reason in error.message, error.message
+        assert "\n" not in str(error)
 
 
 # -- pulls through foreman

@@ -86,6 +86,43 @@ async def test_run_from_a_plain_script_against_twistd_simulate(tmp_path: Path) -
         assert daemon.stop() == 0, daemon.log()
 
 
+URLS = """
+    import json, sys
+    from foreman.client import ForemanClient, ForemanError, InvalidURL
+
+    report = {}
+    with ForemanClient(sys.argv[1]) as c:  # host:port, no scheme
+        report["base_url"] = c.base_url
+        report["run"] = c.run({"model": "llama3.2", "prompt": "bare"}, endpoint="/api/generate")[
+            "response"
+        ]
+    for url in ("ftp://x", "http://", "local host:8080"):
+        try:
+            ForemanClient(url)  # refused at once, before any request
+            report[url] = "accepted"
+        except InvalidURL as e:
+            report[url] = [isinstance(e, ForemanError), e.code]
+    print(json.dumps(report))
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_without_a_scheme_and_unusable_ones(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path)
+    try:
+        out, err, status = await run_python(URLS, stack.url.removeprefix("http://"))
+        assert status == 0, err
+        assert json.loads(out) == {
+            "base_url": stack.url,
+            "run": reply_text("llama3.2", "bare", 8),
+            "ftp://x": [True, "invalid_url"],
+            "http://": [True, "invalid_url"],
+            "local host:8080": [True, "invalid_url"],
+        }
+    finally:
+        await stack.stop()
+
+
 EVERY_CALL = """
     import json, sys
     from foreman.client import (

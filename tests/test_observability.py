@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,9 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
 
+from foreman import __version__
 from foreman.ops.logs import make_observer
 from tests.harness import chat, start_stack
 from tests.receiver import Receiver
+
+METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
 def _samples(text: str) -> dict[str, list[Any]]:
@@ -63,6 +67,17 @@ async def test_metrics_scrape_has_the_documented_series(tmp_path: Path) -> None:
         assert samples["foreman_worker_dispatched_total"][0].value >= 2
         assert "foreman_model_switches_total" in samples
         assert "foreman_webhook_deliveries_total" in samples
+        [build] = samples["foreman_build_info"]
+        assert build.value == 1 and build.labels["version"] == __version__
+        assert not [name for name in samples if name.endswith("_created")]
+        # every series docs/metrics.md lists is exported (the last wake only after one)
+        text = response.body.decode()
+        documented = re.findall(r"^\| `(foreman_[a-z_]+)` \|", METRICS_DOC.read_text(), re.M)
+        for name in documented:
+            if name == "foreman_target_last_wake_seconds":
+                continue
+            family = re.sub(r"_(count|sum|bucket)$", "", name)
+            assert f"# TYPE {family} " in text or f"# TYPE {name} " in text, name
     finally:
         client._client.close()
         await stack.stop()
@@ -113,6 +128,13 @@ async def test_access_and_job_lines_are_logged(tmp_path: Path) -> None:
             (job["id"], "working"),
             (job["id"], "done"),
         ]
+        # a failed job is one warning line, not two (the runner used to add its own)
+        failing = await stack.submit(chat("doesnotexist"))
+        assert (await stack.wait_job(failing["id"]))["state"] == "failed"
+        about = [e for e in events if e.get("job_id") == failing["id"]]
+        failed = [e for e in about if "failed" in str(e)]
+        assert len(failed) == 1, failed
+        assert failed[0]["log_level"] == LogLevel.warn and failed[0]["error_code"]
     finally:
         globalLogPublisher.removeObserver(observer)
         await stack.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -59,6 +60,33 @@ def test_bad_setting_gives_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "FOREMAN_LISTEN" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_port_in_use_gives_one_line_nonzero_exit_and_writes_nothing(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"
+        result = _run_bad(tmp_path, {"FOREMAN_LISTEN": listen})
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"foreman: cannot listen on {listen}: address already in use")
+    assert "Traceback" not in result.stderr + result.stdout
+    # no data dir, webhook secret or database left behind
+    assert not (tmp_path / "d").exists()
+
+
+def test_misspelt_variable_is_warned_about_and_a_bad_number_is_named(tmp_path: Path) -> None:
+    env = {"FOREMAN_MAX_ATEMPTS": "5", "FOREMAN_MAX_QUEUE": "lots"}
+    result = _run_bad(tmp_path, env)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "foreman: warning: unknown environment variable FOREMAN_MAX_ATEMPTS is ignored"
+        " (did you mean FOREMAN_MAX_ATTEMPTS?)",
+        "foreman: FOREMAN_MAX_QUEUE: expected a whole number, got 'lots'",
+    ]
+    assert not (tmp_path / "d").exists()
 
 
 def test_bad_option_value_names_the_option(tmp_path: Path) -> None:

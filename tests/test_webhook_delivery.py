@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest_twisted
 from standardwebhooks import Webhook
+from twisted.logger import LogEvent, LogLevel, formatEvent
 
+from foreman.core.webhook_policy import FailureAlerts
 from tests.harness import Stack, chat, start_stack, until
 from tests.receiver import Receiver
 
@@ -181,3 +183,146 @@ async def test_sse_mid_job_and_resume(tmp_path: Path) -> None:
         assert after_end == []
     finally:
         await stack.stop()
+
+
+def _texts(logged: list[LogEvent], level: LogLevel | None = None) -> list[str]:
+    return [formatEvent(e) for e in logged if level is None or e.get("log_level") is level]
+
+
+def _retry_warnings(logged: list[LogEvent]) -> list[LogEvent]:
+    """Warnings about a failed attempt that will be retried (not the final give-up)."""
+    return [
+        e
+        for e in logged
+        if e.get("log_level") is LogLevel.warn and "next attempt" in formatEvent(e)
+    ]
+
+
+def _every(seconds: float, attempts: int) -> Any:
+    def delay(made: int, rng: random.Random, retry_after: float | None) -> float | None:
+        return None if made >= attempts else seconds
+
+    return delay
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_log_no_connection_factory_noise(
+    tmp_path: Path, logged: list[LogEvent]
+) -> None:
+    receiver = Receiver()
+    await receiver.listen()
+    stack = await start_stack(tmp_path)
+    own_client = f"<HostnameEndpoint 127.0.0.1:{stack.url.rsplit(':', 1)[1]}>"
+    try:
+        job = await stack.submit(chat("llama3.2"), webhook_url=receiver.url)
+        await stack.wait_job(job["id"])
+        await until(lambda: len(receiver.ok()) == 4)
+        await until(lambda: stack.daemon.delivery.delivered == 4)
+    finally:
+        await stack.stop()
+        await receiver.close()
+    noise = [
+        t
+        for t in _texts(logged)
+        if ("Starting factory" in t or "Stopping factory" in t) and own_client not in t
+    ]
+    assert noise == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusing_receiver_warns_once_naming_job_and_url(
+    tmp_path: Path, logged: list[LogEvent]
+) -> None:
+    receiver = Receiver()
+    await receiver.listen()
+    port = receiver.port_number
+    url = receiver.url + "?token=s3cret-token"
+    await receiver.close()  # connection refused from now on
+    stack = await start_stack(tmp_path)
+    delivery = stack.daemon.delivery
+    delivery.next_delay = _fast
+    try:
+        job = await stack.submit(chat("llama3.2"), webhook_url=url)
+        await stack.wait_job(job["id"])
+        await until(lambda: delivery.attempts >= 4)
+        warnings = _texts(_retry_warnings(logged))
+        assert len(warnings) == 1, warnings
+        (warning,) = warnings
+        assert job["id"] in warning
+        assert "job.queued" in warning
+        assert f"http://127.0.0.1:{port}/hook" in warning
+        assert "refused" in warning.lower()
+        assert "next attempt" in warning
+        assert all("s3cret-token" not in t for t in _texts(logged))
+        assert all("s3cret-token" not in repr(e) for e in logged)
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_receiver_warns_again_after_the_window_with_a_count(
+    tmp_path: Path, logged: list[LogEvent]
+) -> None:
+    receiver = Receiver(answer=lambda n: (503, {}))
+    await receiver.listen()
+    stack = await start_stack(tmp_path)
+    delivery = stack.daemon.delivery
+    delivery.next_delay = _every(0.1, attempts=30)
+    delivery.alerts = FailureAlerts(interval=0.45)
+    try:
+        job = await stack.submit(chat("llama3.2"), webhook_url=receiver.url)
+        await until(lambda: len(_retry_warnings(logged)) >= 2, timeout=10)
+        first, second = _retry_warnings(logged)[:2]
+        assert "HTTP 503" in formatEvent(first) and job["id"] in formatEvent(first)
+        assert "suppressed" not in formatEvent(first)
+        # 100 ms apart in a 450 ms window: at least three attempts went unlogged
+        assert second["suppressed"] >= 3
+        assert f"{second['suppressed']} more failures" in formatEvent(second)
+        assert "suppressed" in formatEvent(second)
+        assert second["log_time"] - first["log_time"] >= 0.4
+    finally:
+        await stack.stop()
+        await receiver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_receiver_recovery_is_logged_once(tmp_path: Path, logged: list[LogEvent]) -> None:
+    answers: Any = iter([(500, {}), (500, {})])
+    receiver = Receiver(answer=lambda n: next(answers, (204, {})))
+    await receiver.listen()
+    stack = await start_stack(tmp_path)
+    stack.daemon.delivery.next_delay = _fast
+    try:
+        job = await stack.submit(chat("llama3.2"), webhook_url=receiver.url)
+        await stack.wait_job(job["id"])
+        await until(lambda: len(receiver.ok()) == 4, timeout=20)
+        recovered = [t for t in _texts(logged, LogLevel.info) if "reachable again" in t]
+        assert len(recovered) == 1, recovered
+        assert receiver.url in recovered[0]
+        assert "2 failed attempts" in recovered[0]
+        assert len(_retry_warnings(logged)) == 1
+    finally:
+        await stack.stop()
+        await receiver.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_generated_secret_is_never_logged(tmp_path: Path, logged: list[LogEvent]) -> None:
+    receiver = Receiver()
+    await receiver.listen()
+    stack = await start_stack(tmp_path)
+    try:
+        job = await stack.submit(chat("llama3.2"), webhook_url=receiver.url)
+        await stack.wait_job(job["id"])
+        await until(lambda: len(receiver.ok()) == 4)
+        secret = _secret(stack)
+        path = str(stack.daemon.config.data_dir / "webhook-secret")
+    finally:
+        await stack.stop()
+        await receiver.close()
+    assert secret.startswith("whsec_")
+    assert all(secret not in repr(e) for e in logged)
+    assert all(secret not in t for t in _texts(logged))
+    # the key alone (without whsec_) is just as secret
+    assert all(secret.removeprefix("whsec_") not in repr(e) for e in logged)
+    assert any(path in t for t in _texts(logged))

@@ -1,4 +1,4 @@
-"""Retry schedule, Retry-After parsing and outcome classification."""
+"""Retry schedule, Retry-After parsing, outcome classification and failure warnings."""
 
 from __future__ import annotations
 
@@ -15,8 +15,14 @@ from foreman.core.webhook_policy import (
     MAX_ATTEMPTS,
     RETRY_AFTER_CAP,
     RETRY_SCHEDULE,
+    WARN_INTERVAL,
+    Alert,
+    FailureAlerts,
     Outcome,
+    Recovery,
     classify,
+    describe_delay,
+    loggable_url,
     next_delay,
     parse_retry_after,
 )
@@ -167,3 +173,113 @@ def test_status_decides_when_present() -> None:
     assert classify(410, "response body truncated") is Outcome.GONE
     assert classify(503, "response body truncated") is Outcome.RETRY
     assert classify(None, None) is Outcome.RETRY
+
+
+# --- which delivery failures are logged --------------------------------------------
+
+RECEIVER = "https://hooks.example.com/foreman"
+
+
+def test_first_failure_of_a_receiver_warns_at_once() -> None:
+    alerts = FailureAlerts()
+    alert = alerts.failed(RECEIVER, NOW)
+    assert alert == Alert(suppressed=0, failures=1, since=NOW)
+
+
+def test_failures_within_the_window_stay_quiet() -> None:
+    alerts = FailureAlerts()
+    alerts.failed(RECEIVER, NOW)
+    for offset in (1.0, 60.0, WARN_INTERVAL - 1):
+        assert alerts.failed(RECEIVER, NOW + offset) is None
+
+
+def test_after_the_window_one_warning_counts_the_quiet_ones() -> None:
+    alerts = FailureAlerts()
+    alerts.failed(RECEIVER, NOW)
+    for offset in (1.0, 2.0, 3.0):
+        assert alerts.failed(RECEIVER, NOW + offset) is None
+    alert = alerts.failed(RECEIVER, NOW + WARN_INTERVAL)
+    assert alert == Alert(suppressed=3, failures=5, since=NOW)
+    assert alerts.failed(RECEIVER, NOW + WARN_INTERVAL + 1) is None
+    later = alerts.failed(RECEIVER, NOW + 2 * WARN_INTERVAL)
+    assert later == Alert(suppressed=1, failures=7, since=NOW)
+
+
+def test_the_window_is_per_receiver() -> None:
+    alerts = FailureAlerts()
+    assert alerts.failed(RECEIVER, NOW) is not None
+    assert alerts.failed("https://other.example.com/hook", NOW + 1) is not None
+    assert alerts.failed(RECEIVER, NOW + 2) is None
+
+
+def test_recovery_is_reported_once_and_starts_a_new_outage() -> None:
+    alerts = FailureAlerts()
+    assert alerts.delivered(RECEIVER) is None  # never failed: nothing to say
+    alerts.failed(RECEIVER, NOW)
+    alerts.failed(RECEIVER, NOW + 5)
+    assert alerts.delivered(RECEIVER) == Recovery(failures=2, since=NOW)
+    assert alerts.delivered(RECEIVER) is None
+    # the next failure is the first of a new outage: warned at once
+    assert alerts.failed(RECEIVER, NOW + 10) == Alert(suppressed=0, failures=1, since=NOW + 10)
+
+
+def test_a_clock_stepping_back_does_not_silence_warnings() -> None:
+    alerts = FailureAlerts()
+    alerts.failed(RECEIVER, NOW)
+    assert alerts.failed(RECEIVER, NOW - 3600) == Alert(suppressed=0, failures=2, since=NOW)
+
+
+def test_tracked_receivers_are_bounded() -> None:
+    alerts = FailureAlerts(tracked=3)
+    for n in range(10):
+        alerts.failed(f"https://r{n}.example.com/", NOW + n)
+    assert alerts.tracked_count() == 3
+    # the least recently failing were forgotten; the latest are still within their window
+    assert alerts.failed("https://r9.example.com/", NOW + 11) is None
+    assert alerts.failed("https://r0.example.com/", NOW + 12) is not None
+
+
+def test_custom_interval() -> None:
+    alerts = FailureAlerts(interval=1.0)
+    alerts.failed(RECEIVER, NOW)
+    assert alerts.failed(RECEIVER, NOW + 0.5) is None
+    assert alerts.failed(RECEIVER, NOW + 1.0) == Alert(suppressed=1, failures=3, since=NOW)
+
+
+def test_warn_interval_is_ten_minutes() -> None:
+    assert WARN_INTERVAL == 600.0
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/foreman", "https://hooks.example.com/foreman"),
+        ("https://hooks.example.com/foreman?token=s3cret", "https://hooks.example.com/foreman"),
+        ("http://user:s3cret@10.0.0.1:8080/h?a=1#frag", "http://10.0.0.1:8080/h"),
+        ("http://[::1]:9000/hook?x=y", "http://[::1]:9000/hook"),
+        ("https://Example.COM", "https://Example.COM"),
+    ],
+)
+def test_loggable_url_drops_user_info_query_and_fragment(url: str, shown: str) -> None:
+    assert loggable_url(url) == shown
+
+
+def test_loggable_url_of_garbage_shows_nothing_of_it() -> None:
+    assert loggable_url("http://[::1/s3cret?token=x") == "<unparseable URL>"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.05, "0 s"),
+        (5.2, "5 s"),
+        (89, "89 s"),
+        (300, "5 min"),
+        (1800, "30 min"),
+        (7200, "2 h"),
+        (18000, "5 h"),
+        (86400 * 1.2, "28.8 h"),
+    ],
+)
+def test_describe_delay(seconds: float, text: str) -> None:
+    assert describe_delay(seconds) == text

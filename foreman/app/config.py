@@ -5,10 +5,18 @@ Precedence is command line > environment > TOML file (``--config``) > default
 options, ``--help``, the TOML keys and the validation all derive from that
 table so they cannot drift apart. Parsing is pure: the caller passes the
 option values and the environment in.
+
+A bad value is reported as one line naming where it came from, what was
+expected and what was given: ``FOREMAN_MAX_ATTEMPTS: expected a whole number,
+got 'three'``, or ``/etc/foreman.toml: max_attempts: …`` for the file. The
+parsers below therefore raise ``ValueError("expected …")`` and leave naming
+the source and the value to ``load_config``.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
@@ -21,15 +29,29 @@ from attrs import field, frozen
 
 from foreman.core.forwarding import TrustedProxies
 
-__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "load_config", "parse_duration"]
+__all__ = [
+    "SETTINGS",
+    "Config",
+    "ConfigError",
+    "Setting",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "unknown_env_warnings",
+]
 
 
 class ConfigError(Exception):
-    """A setting has an invalid value; ``str()`` is the one line shown to the user."""
+    """A setting has an invalid value; ``str()`` is the one line shown to the user.
 
-    def __init__(self, setting: Setting, message: str) -> None:
-        self.setting = setting
-        super().__init__(f"invalid setting {setting.label}: {message}")
+    ``source`` is what the user wrote the value in: an option (``--listen``),
+    an environment variable, or ``FILE: key`` for the TOML file.
+    """
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{source}: {message}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -40,36 +62,79 @@ def parse_duration(text: str) -> float:
     """Seconds from ``"90"``, ``"90s"``, ``"10m"``, ``"7d"`` …; ValueError otherwise."""
     m = _DURATION.match(text)
     if not m:
-        raise ValueError(f"{text!r} is not a duration (examples: 30s, 10m, 7d)")
+        raise ValueError("expected a duration such as 90, 30s, 10m, 12h or 7d")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
+# A bare port is what people type first; it listens where the default does
+# (loopback), so exposing foreman on the network stays an explicit choice.
+BARE_PORT_INTERFACE = "127.0.0.1"
+
+
 def _endpoint(text: str) -> str:
-    # Only the syntax is checked here; a port already taken fails at listen time.
+    """A Twisted server endpoint string, or a bare port (``9000``) made into one.
+
+    Only the syntax is checked here; a port already taken is found by the
+    start-up probe (``foreman.app.services.check_listen``).
+    """
     from twisted.internet.endpoints import serverFromString
 
+    text = text.strip()
+    if text.isdigit():
+        port = int(text)
+        if port > 65535:
+            raise ValueError("expected a port number up to 65535")
+        return f"tcp:{port}:interface={BARE_PORT_INTERFACE}"
     try:
         serverFromString(None, text)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{text!r} is not a Twisted server endpoint ({e})") from None
+    except Exception as e:  # the endpoint parsers raise whatever they meet
+        raise ValueError(_endpoint_problem(text, e)) from None
     return text
+
+
+def _endpoint_problem(text: str, error: Exception) -> str:
+    """What to write instead, for the mistakes people make with endpoint strings."""
+    message = str(error)
+    host, _, port = text.rpartition(":")
+    unknown_type = message.startswith("Unknown endpoint type")
+    if unknown_type and port.isdigit() and (host in ("", "localhost") or "." in host):
+        if not host:  # ":9000", as Go and others spell "all interfaces"
+            return (
+                f"expected a Twisted server endpoint: write tcp:{port}"
+                f" (all interfaces) or {port} (loopback only)"
+            )
+        return f"expected a Twisted server endpoint: write tcp:{port}:interface={host}"
+    if isinstance(error, OSError):
+        reason = f"{error.filename}: {_strerror(error)}"
+    elif unknown_type:
+        reason = "unknown endpoint type " + message.partition(": ")[2]
+    elif message.startswith("invalid literal for int()"):
+        reason = "the port must be a number"
+    elif m := re.search(r"unexpected keyword argument (\S+)", message):
+        reason = f"unknown parameter {m.group(1)}"
+    else:
+        reason = message or type(error).__name__
+    return (
+        "expected a port number or a Twisted server endpoint such as"
+        f" tcp:8080:interface=0.0.0.0 ({reason})"
+    )
 
 
 def _url(text: str) -> str:
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http(s) URL")
+        raise ValueError("expected an http(s) URL such as http://127.0.0.1:11434")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{text!r} has an invalid port") from None
+        raise ValueError("expected an http(s) URL with a port number up to 65535") from None
     return text.strip().rstrip("/")
 
 
 def _tokens(text: str) -> tuple[str, ...]:
     tokens = tuple(t.strip() for t in text.split(",") if t.strip())
     if not tokens:
-        raise ValueError("no token given")
+        raise ValueError("expected at least one token (comma-separated)")
     return tokens
 
 
@@ -79,13 +144,16 @@ def _bool(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"{text!r} is not a boolean (true/false)")
+    raise ValueError("expected true or false (or 1/0, yes/no, on/off)")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
     if value < 1:
-        raise ValueError(f"{text!r} must be at least 1")
+        raise ValueError("expected a whole number of at least 1")
     return value
 
 
@@ -95,14 +163,16 @@ _SIZE_UNITS = {
     "kb": 1000,
     "mb": 1000**2,
     "gb": 1000**3,
+    "tb": 1000**4,
     "kib": 1024,
     "mib": 1024**2,
     "gib": 1024**3,
+    "tib": 1024**4,
 }
 
 
 def parse_size(text: str) -> int:
-    """Bytes from ``65536``, ``64KiB``, ``64 MiB`` or ``1GB`` (KiB/MiB/GiB are 1024-based)."""
+    """Bytes from ``65536``, ``64KiB``, ``64 MiB`` or ``10GB`` (KiB/MiB/GiB are 1024-based)."""
     number = text.strip()
     unit = ""
     while number and number[-1].isalpha():
@@ -113,21 +183,21 @@ def parse_size(text: str) -> int:
         if factor is None:
             raise ValueError(unit)
         return int(float(number.strip()) * factor)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size (e.g. 65536, 64KiB, 64MiB, 1GB)") from None
+    except (ValueError, OverflowError):
+        raise ValueError("expected a size such as 65536, 64KiB, 16MiB or 10GB") from None
 
 
 def _positive_size(text: str) -> int:
     value = parse_size(text)
     if value < 1:
-        raise ValueError(f"{text!r} must be at least 1 byte")
+        raise ValueError("expected a size of at least 1 byte")
     return value
 
 
 def _positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
+        raise ValueError("expected a duration longer than zero")
     return value
 
 
@@ -138,31 +208,41 @@ def _nonneg_duration(text: str) -> float:
 def _mac(text: str) -> str:
     hexdigits = re.sub(r"[:\-.]", "", text.strip())
     if not re.fullmatch(r"[0-9A-Fa-f]{12}", hexdigits):
-        raise ValueError(f"{text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+        raise ValueError("expected a MAC address such as aa:bb:cc:dd:ee:ff")
     return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2)).lower()
 
 
 def _host_port(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not address:port")
+        raise ValueError("expected address:port such as 255.255.255.255:9")
     return text
 
 
 def _log_format(text: str) -> str:
     if text not in ("text", "json"):
-        raise ValueError(f"{text!r} must be 'text' or 'json'")
+        raise ValueError("expected text or json")
     return text
 
 
 def _secret(text: str) -> str:
     if not text.startswith("whsec_") or len(text) < 16:
-        raise ValueError("must look like whsec_<base64>")
+        raise ValueError("expected whsec_ followed by base64 (at least 16 characters)")
     return text
 
 
+def _trusted_proxies(text: str) -> TrustedProxies:
+    try:
+        return TrustedProxies.parse(text)
+    except ValueError:
+        raise ValueError("expected IP addresses or networks such as 127.0.0.0/8,::1") from None
+
+
 def _path(text: str) -> Path:
-    return Path(text).expanduser()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        raise ValueError("expected a directory path (no such home directory)") from None
 
 
 @frozen
@@ -191,7 +271,7 @@ SETTINGS: tuple[Setting, ...] = (
         "listen",
         "tcp:8080:interface=127.0.0.1",
         _endpoint,
-        "Twisted server endpoint string to listen on",
+        "Twisted server endpoint string to listen on (a bare port number: loopback only)",
     ),
     Setting(
         "target_url",
@@ -240,7 +320,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_TRUSTED_PROXIES",
         "trusted-proxies",
         "127.0.0.0/8,::1",
-        TrustedProxies.parse,
+        _trusted_proxies,
         "peers whose X-Forwarded-Host/-Proto are believed (IPs or networks, comma-separated)",
     ),
     Setting(
@@ -370,7 +450,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
-_TOML_KEYS = {s.name for s in SETTINGS}
 
 
 def _default(name: str) -> Any:
@@ -424,27 +503,77 @@ class Config:
         return tuple(s for s in found if s)
 
 
-def _toml_layer(path: str) -> dict[str, str]:
-    config_setting = Setting("config", "FOREMAN_CONFIG", "config", None, str, "TOML file")
+@frozen
+class _Given:
+    """One setting's value as the user gave it, and where, for the error line."""
+
+    text: str
+    source: str
+    shown: str
+
+
+def _toml_text(value: Any) -> str:
+    """A TOML value as the text the setting's parser takes (lists comma-joined)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _toml_repr(value: Any) -> str:
+    """A TOML value spelt as in the file, so an error quotes what the user wrote."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
+    return str(value)
+
+
+def _strerror(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    return reason[:1].lower() + reason[1:]
+
+
+def _toml_layer(path: str, named_by: str) -> dict[str, _Given]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise ConfigError(config_setting, f"cannot read {path}: {e.strerror}") from None
+        raise ConfigError(named_by, f"cannot read {path}: {_strerror(e)}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(config_setting, f"{path} is not valid TOML: {e}") from None
-    layer: dict[str, str] = {}
+        raise ConfigError(path, f"not valid TOML: {e}") from None
+    layer: dict[str, _Given] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in _TOML_KEYS:
-            raise ConfigError(config_setting, f"unknown key {key!r} in {path}")
-        if isinstance(value, bool):
-            layer[name] = "true" if value else "false"
-        elif isinstance(value, list):
-            layer[name] = ",".join(str(v) for v in value)
-        else:
-            layer[name] = str(value)
+        if name not in _BY_NAME:
+            close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(path, f"unknown key {key!r}{hint}")
+        layer[name] = _Given(_toml_text(value), f"{path}: {key}", _toml_repr(value))
     return layer
+
+
+def _given(
+    s: Setting, options: Mapping[str, Any], env: Mapping[str, str], toml: Mapping[str, _Given]
+) -> _Given | bool | None:
+    """The winning layer's value for ``s``: a bool as given, None for unset."""
+    option = options.get(s.name)
+    if s.flag and not option:
+        option = None  # a flag left off the command line is "not given"
+    if isinstance(option, bool):
+        return option
+    if option is not None:
+        return _Given(str(option), f"--{s.option}" if s.option else s.name, repr(str(option)))
+    if s.env is not None and s.env in env:
+        return _Given(env[s.env], s.env, repr(env[s.env]))
+    if s.name in toml:
+        return toml[s.name]
+    if s.default is not None:
+        return _Given(s.default, s.label, repr(s.default))
+    return None
 
 
 def load_config(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -454,32 +583,67 @@ def load_config(options: Mapping[str, Any], env: Mapping[str, str] | None = None
     command-line values; ``None`` means "not given".
     """
     env = os.environ if env is None else env
-    config_path = options.get("config") or env.get("FOREMAN_CONFIG")
-    toml = _toml_layer(config_path) if config_path else {}
+    if options.get("config"):
+        toml = _toml_layer(str(options["config"]), "--config")
+    elif env.get("FOREMAN_CONFIG"):
+        toml = _toml_layer(env["FOREMAN_CONFIG"], "FOREMAN_CONFIG")
+    else:
+        toml = {}
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        raw: Any = options.get(s.name)
-        if s.flag and raw in (False, 0):
-            raw = None
-        if raw is None and s.env is not None:
-            raw = env.get(s.env)
-        if raw is None:
-            raw = toml.get(s.name)
-        if raw is None:
-            raw = s.default
-        if raw is None:
-            values[s.name] = None
+        given = _given(s, options, env, toml)
+        if not isinstance(given, _Given):
+            values[s.name] = given
             continue
         try:
-            values[s.name] = s.parse(str(raw)) if not isinstance(raw, bool) else raw
+            values[s.name] = s.parse(given.text)
         except ValueError as e:
-            raise ConfigError(s, str(e)) from None
+            # a secret's value is never echoed: this line ends up in logs
+            got = "" if s.secret else f", got {given.shown}"
+            raise ConfigError(given.source, f"{e}{got}") from None
     return Config(**values)
+
+
+_ENV_PREFIX = "FOREMAN_"
+# What foreman itself reads from the environment.
+_SERVER_ENV = frozenset({"FOREMAN_CONFIG", *(s.env for s in SETTINGS if s.env)})
+# Names that share foreman's environment for others: the client's
+# (foreman.client.cli) and compose's (compose/.env.example). Compose's are
+# spelt without the prefix because tests/test_deploy.py takes every literal
+# such name in this package for a setting the container must be given.
+_OTHER_ENV = frozenset(
+    {"FOREMAN_URL", "FOREMAN_TOKEN", *(_ENV_PREFIX + n for n in ("HOSTNAME", "IMAGE"))}
+)
+# The test suite's knobs (docs/testing.md) all start with this.
+_TEST_PREFIX = "FOREMAN_TEST_"
+
+
+def unknown_env_warnings(env: Mapping[str, str]) -> list[str]:
+    """One line per ``FOREMAN_*`` variable nobody reads, naming the closest setting.
+
+    A misspelt variable is otherwise ignored without a word and its setting
+    keeps the default, which is hard to notice; start-up prints these.
+    """
+    by_suffix = {name.removeprefix(_ENV_PREFIX): name for name in _SERVER_ENV}
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(_ENV_PREFIX) or upper.startswith(_TEST_PREFIX):
+            continue
+        if name in _SERVER_ENV or name in _OTHER_ENV:
+            continue
+        if upper in _SERVER_ENV:
+            guess: str | None = upper
+        else:
+            close = difflib.get_close_matches(upper.removeprefix(_ENV_PREFIX), by_suffix, n=1)
+            guess = by_suffix[close[0]] if close else None
+        hint = f" (did you mean {guess}?)" if guess else ""
+        warnings.append(f"unknown environment variable {name} is ignored{hint}")
+    return warnings
 
 
 def check_data_dir(config: Config) -> None:
     """Create the data directory and prove it is writable, or raise ConfigError."""
-    setting = _BY_NAME["data_dir"]
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         config.artifacts_dir.mkdir(exist_ok=True)
@@ -487,4 +651,6 @@ def check_data_dir(config: Config) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(setting, f"{config.data_dir} is not writable ({e.strerror})") from None
+        raise ConfigError(
+            _BY_NAME["data_dir"].label, f"{config.data_dir} is not writable ({_strerror(e)})"
+        ) from None

@@ -5,26 +5,48 @@ re-raise the signal after the reactor stops (status -15), which a supervisor
 reads as a crash; so once the reactor runs, this service installs its own
 handlers (the standard library's ``signal``) that stop the reactor the same
 way Twisted's do, without recording the signal.
+
+A start that fails once the reactor runs ends with exit status 1 (see
+``exit_failed``), so a supervisor sees it like a configuration error.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+from contextlib import suppress
 from types import FrameType
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from foreman.app.config import Config
 from foreman.app.daemon import Daemon
+from foreman.app.services import ListenError
 from foreman.ops.logs import make_observer
 
-__all__ = ["ForemanService"]
+__all__ = ["ForemanService", "exit_failed"]
 
 _log = Logger()
+
+
+def exit_failed() -> None:
+    """End the process with status 1: the last step of a shutdown after a failed start.
+
+    twistd has no exit status of its own to set, so a start that failed once
+    the reactor ran would end with status 0 and a supervisor would not notice.
+    By now every service has stopped and every log line is written; only
+    twistd's removal of its pid file is skipped, and twistd clears a stale
+    pid file at the next start.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class ForemanService(Service):
@@ -54,8 +76,14 @@ class ForemanService(Service):
             self.daemon = await Daemon.start(self.config, self.reactor)
 
         def failed(reason: Failure) -> None:
-            _log.failure("foreman could not start", reason)
-            self.reactor.stop()
+            if reason.check(ListenError):
+                # the start-up probe passed, then something else took the address
+                _log.error("foreman could not start: {problem}", problem=str(reason.value))
+            else:
+                _log.failure("foreman could not start", reason)
+            self.reactor.addSystemEventTrigger("after", "shutdown", exit_failed)
+            with suppress(ReactorNotRunning):
+                self.reactor.stop()
 
         self._starting = ensureDeferred(start())
         self._starting.addErrback(failed)

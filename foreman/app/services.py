@@ -10,22 +10,37 @@ turn, both ways. Everything else is Twisted's own: ``Service`` adapters and a
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from foreman.app.parts import Parts
 from foreman.store.database import Store, check_writable
 from foreman.store.migrations import migrate
 
-__all__ = ["ListenService", "OrderedServices", "PartService", "services_for", "settle"]
+__all__ = [
+    "ListenError",
+    "ListenService",
+    "OrderedServices",
+    "PartService",
+    "check_listen",
+    "services_for",
+    "settle",
+]
 
 _log = Logger()
 
@@ -84,6 +99,87 @@ class PartService(Service):
         return ensureDeferred(settle(stop() if stop is not None else None))
 
 
+class ListenError(Exception):
+    """The configured endpoint cannot be listened on; ``str()`` is the one line to show."""
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {description}: {reason}")
+
+
+def _listen_reason(error: BaseException, port: int | None = None) -> str:
+    """The operating system's reason, with what to do where that is clear."""
+    if isinstance(error, OverflowError):  # socket.bind's complaint about the port range
+        return "the port must be 0-65535"
+    if not isinstance(error, OSError):
+        return str(error)
+    reason = error.strerror or str(error)
+    reason = reason[:1].lower() + reason[1:]
+    if error.errno == errno.EADDRINUSE:
+        reason += "; choose another port with --listen or FOREMAN_LISTEN"
+    elif error.errno == errno.EACCES and port is not None and 0 < port < 1024:
+        reason += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    return reason
+
+
+class _ProbeReactor:
+    """Stands in for the reactor so that Twisted's own endpoint parsing says what to bind.
+
+    ``check_listen`` hands it to ``serverFromString``; the endpoint's ``listen``
+    then calls ``listenTCP``/``listenSSL`` with the port and interface it
+    would use. Other endpoint types (unix, systemd …) find no method here and
+    are not probed.
+    """
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+
+    def listenTCP(self, port: int, factory: object, backlog: int = 50, interface: str = "") -> None:
+        # bound as twisted.internet.tcp.Port binds (SO_REUSEADDR on POSIX, so a
+        # port in TIME_WAIT passes; IPv6 by the interface's spelling), then
+        # closed without ever listening
+        family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                if os.name == "posix":
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    info = socket.getaddrinfo(interface, port, 0, 0, 0, socket.AI_NUMERICHOST)
+                    probe.bind(info[0][4])
+                else:
+                    probe.bind((interface, port))
+        except (OSError, OverflowError) as e:
+            raise ListenError(self._description, _listen_reason(e, port)) from None
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: object,
+        contextFactory: object,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        self.listenTCP(port, factory, backlog, interface)
+
+
+def check_listen(description: str) -> None:
+    """Raise ListenError now if the endpoint's address cannot be bound.
+
+    Start-up (``foreman.app.tap``) checks this before it creates the data
+    directory, so a port in use leaves nothing behind. The real listen comes
+    last in the start order (``services_for``) and may still lose a race;
+    ``ListenService`` reports that the same way.
+    """
+    failures: list[Failure] = []
+    endpoint = serverFromString(_ProbeReactor(description), description)
+    try:
+        endpoint.listen(Factory()).addErrback(failures.append)
+    except AttributeError:  # an endpoint type the probe does not stand in for
+        return
+    problem = failures[0].value if failures else None
+    if isinstance(problem, ListenError):
+        raise problem
+
+
 class ListenService(Service):
     """Listens on the configured endpoint; ``accepting`` is what ``/readyz`` reports."""
 
@@ -102,7 +198,11 @@ class ListenService(Service):
 
     async def _listen(self) -> None:
         endpoint = serverFromString(self._reactor, self._description)
-        self.port = await endpoint.listen(self._site)
+        try:
+            self.port = await endpoint.listen(self._site)
+        except CannotListenError as e:
+            reason = _listen_reason(e.socketError, e.port)
+            raise ListenError(self._description, reason) from None
         self.accepting = True
 
     def stopService(self) -> Deferred[None]:

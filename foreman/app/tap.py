@@ -2,21 +2,31 @@
 
 Configuration errors end start-up with one line naming the setting and exit
 status 2, never a traceback: the checks run here, before the reactor starts,
-including the database migration (a database from a newer foreman is refused
-here too).
+including a probe of the listening address and the database migration (a
+database from a newer foreman is refused here too). Unknown ``FOREMAN_*``
+environment variables are warned about here, one line each.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from foreman import __version__
-from foreman.app.config import SETTINGS, Config, ConfigError, check_data_dir, load_config
+from foreman.app.config import (
+    SETTINGS,
+    Config,
+    ConfigError,
+    check_data_dir,
+    load_config,
+    unknown_env_warnings,
+)
 from foreman.store.migrations import SchemaTooNew
 
 __all__ = ["Options", "makeService"]
@@ -69,12 +79,23 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
-def configure(options: Options) -> Config:
-    """Load, validate and prepare everything that can fail before the reactor runs."""
+def configure(options: Options, env: Mapping[str, str] | None = None) -> Config:
+    """Load, validate and prepare everything that can fail before the reactor runs.
+
+    The listening address is probed before the data directory is created, so
+    a port in use ends start-up without leaving a data directory, a webhook
+    secret or a database behind.
+    """
+    env = os.environ if env is None else env
+    for warning in unknown_env_warnings(env):
+        sys.stderr.write(f"foreman: warning: {warning}\n")
+    from foreman.app.services import ListenError, check_listen
+
     try:
-        config = load_config(options.as_settings())
+        config = load_config(options.as_settings(), env)
+        check_listen(config.listen)
         check_data_dir(config)
-    except ConfigError as e:
+    except (ConfigError, ListenError) as e:
         raise _fail(str(e)) from None
     from foreman.store.database import open_sync
 

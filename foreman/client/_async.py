@@ -56,6 +56,8 @@ def _deferred(f: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Deferred[R]
 class AsyncForemanClient:
     """A client of one foreman daemon.
 
+    ``base_url`` without a scheme means ``http://`` (``localhost:8080``); one
+    that is still unusable raises InvalidURL here rather than at the first call.
     ``reactor`` defaults to the global one; ``pool`` to a private persistent
     connection pool (closed by :meth:`close`; a pool you pass stays yours).
     ``timeout`` bounds each HTTP exchange (not a job: see ``wait``/``run``).
@@ -112,7 +114,7 @@ class AsyncForemanClient:
         reply = await self._transport.call(
             "POST", "/jobs", body=body, headers={"Idempotency-Key": key}
         )
-        return Job.from_dict(reply.json())
+        return reply.parse(Job.from_dict)
 
     @_deferred
     async def get(self, job_id: str) -> Job:
@@ -125,7 +127,7 @@ class AsyncForemanClient:
             params = {"wait": f"{max(0.0, wait):.3f}"}
             timeout = wait + self._transport.timeout
         reply = await self._transport.call("GET", job_path(job_id), params=params, timeout=timeout)
-        return Job.from_dict(reply.json())
+        return reply.parse(Job.from_dict)
 
     @_deferred
     async def list_page(
@@ -146,7 +148,7 @@ class AsyncForemanClient:
         if after is not None:
             params["after"] = after
         reply = await self._transport.call("GET", "/jobs", params=params)
-        return JobPage.from_dict(reply.json())
+        return reply.parse(JobPage.from_dict)
 
     @_deferred
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -185,7 +187,7 @@ class AsyncForemanClient:
                 if job.state is JobState.CANCELLED:
                     return job
             raise
-        return Job.from_dict(reply.json())
+        return reply.parse(Job.from_dict)
 
     @_deferred
     async def delete(self, job_id: str) -> None:

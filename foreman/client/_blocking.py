@@ -19,6 +19,7 @@ from foreman.client._models import Job, JobEvent, JobPage, JobState
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import DeferredIterator, EventStream, PullStream
 from foreman.client._thread import reactor_for_blocking
+from foreman.client._url import base_url as base_url_of
 
 __all__ = ["BlockingIterator", "ForemanClient"]
 
@@ -67,7 +68,7 @@ class ForemanClient:
         timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._base_url = base_url
+        self._base_url = base_url_of(base_url)  # an unusable URL fails here, not at first use
         self._token = token
         self._timeout = timeout
         self._retry = retry
@@ -76,7 +77,7 @@ class ForemanClient:
 
     @property
     def base_url(self) -> str:
-        return self._base_url.rstrip("/")
+        return self._base_url
 
     def _in_reactor(self, call: Callable[[AsyncForemanClient], Deferred[R]]) -> R:
         """Run ``call`` with the async client on the reactor thread; wait for its result."""

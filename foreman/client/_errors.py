@@ -20,6 +20,7 @@ __all__ = [
     "ForemanConnectionError",
     "ForemanError",
     "IdempotencyConflict",
+    "InvalidURL",
     "JobCancelled",
     "JobFailed",
     "JobNotFound",
@@ -108,6 +109,19 @@ class ForemanConnectionError(ForemanError, ConnectionError):
         super().__init__(message, code=code, status=None)
 
 
+class InvalidURL(ForemanError, ValueError):
+    """The base URL cannot be used (not http/https, no host, a bad port, spaces …).
+
+    Raised when a client is made, before any request, so a typo reads as one
+    line about the URL rather than a transport traceback at the first call.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"unusable foreman URL {url!r}: {reason}", code="invalid_url")
+        self.url = url
+        self.reason = reason
+
+
 class WaitTimeout(ForemanError, TimeoutError):
     """``wait``/``run`` gave up before the job finished; the job keeps running."""
 
@@ -163,8 +177,8 @@ def _code_and_message(status: int, body: bytes) -> tuple[str, str]:
     text = body.decode("utf-8", "replace").strip()
     try:
         payload: Any = json.loads(text)
-    except ValueError:
-        return f"http_{status}", text[:500] or f"HTTP {status}"
+    except ValueError:  # a proxy's or another server's page: one line of it
+        return f"http_{status}", " ".join(text[:2000].split())[:300] or f"HTTP {status}"
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict):
         code = error.get("code") or error.get("type") or f"http_{status}"

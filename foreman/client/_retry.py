@@ -22,6 +22,7 @@ __all__ = ["RetryPolicy", "is_transient"]
 
 _TRANSIENT = (
     neterror.ConnectError,  # refused, no route, connect timeout …
+    neterror.ConnectingCancelledError,  # our timeout cancelled a connect attempt
     neterror.ConnectionLost,
     neterror.ConnectionClosed,
     neterror.TimeoutError,

@@ -25,7 +25,15 @@ from foreman.client._errors import (
 )
 from foreman.client._models import Job, JobEvent, JobPage
 from foreman.client._retry import RetryPolicy, is_transient
-from foreman.client._transport import BodyPump, Transport, headers_of, job_path, read_body
+from foreman.client._transport import (
+    BodyPump,
+    Transport,
+    describe_failure,
+    headers_of,
+    is_unreachable,
+    job_path,
+    read_body,
+)
 from foreman.core.framing import FramingError, NDJSONDecoder, SSEDecoder
 
 __all__ = ["DeferredIterator", "EventStream", "JobIterator", "PullStream"]
@@ -231,15 +239,15 @@ class EventStream(_BodyIterator[JobEvent]):
         self._retry = retry
         self._idle_timeout = idle_timeout
         self._failures = 0
-        self._last_error: object = None
+        self._last_error: BaseException | None = None
         self._decoder = SSEDecoder()
 
     async def _open(self) -> None:
+        path = job_path(self.job_id, "events")
         while not self._closed:
             if self._failures >= self._retry.attempts:
-                raise ForemanConnectionError(
-                    f"event stream of {self.job_id} lost {self._failures} times in a row; "
-                    f"last error: {self._last_error}"
+                raise self._transport.unreachable(
+                    "GET", path, self._last_error, attempts=self._failures
                 )
             if self._failures:
                 delay = self._retry.delay(self._failures)
@@ -248,12 +256,12 @@ class EventStream(_BodyIterator[JobEvent]):
             if self.last_event_id is not None:
                 headers["Last-Event-ID"] = str(self.last_event_id)
             try:
-                response = await self._transport.open(
-                    "GET", job_path(self.job_id, "events"), headers=headers
-                )
+                response = await self._transport.open("GET", path, headers=headers)
                 if response.code >= 400:
                     raise await self._error_reply(response)
             except Exception as e:
+                if is_unreachable(e):
+                    raise self._transport.unreachable("GET", path, e) from e
                 if not is_transient(e):
                     raise
                 self._failures += 1
@@ -297,7 +305,9 @@ class EventStream(_BodyIterator[JobEvent]):
             self._ended = True
         elif not self._ended:
             self._failures += 1
-            self._last_error = pump.reason.value if pump.reason is not None else "connection lost"
+            self._last_error = (
+                pump.reason.value if pump.reason is not None else ConnectionError("connection lost")
+            )
 
 
 class PullStream(_BodyIterator[dict[str, Any]]):
@@ -327,8 +337,8 @@ class PullStream(_BodyIterator[dict[str, Any]]):
                 "POST", "/api/pull", body=body, headers={"Accept": "application/x-ndjson"}
             )
         except Exception as e:
-            if is_transient(e):
-                raise ForemanConnectionError(f"cannot reach foreman: {e}") from e
+            if is_transient(e) or is_unreachable(e):  # not retried: a pull is not resumed
+                raise self._transport.unreachable("POST", "/api/pull", e) from e
             raise
         if response.code >= 400:
             raise await self._error_reply(response)
@@ -363,6 +373,8 @@ class PullStream(_BodyIterator[dict[str, Any]]):
             except FramingError as e:
                 self._fatal = ForemanError(str(e), code="bad_stream")
         elif self._fatal is None and not self._ended:
-            reason = pump.reason.value if pump.reason is not None else "connection lost"
-            self._fatal = ForemanConnectionError(f"pull of {self.model} cut short: {reason}")
+            reason = describe_failure(pump.reason.value if pump.reason is not None else None, None)
+            self._fatal = ForemanConnectionError(
+                f"pull of {self.model} from {self._transport.base_url} cut short: {reason}"
+            )
         self._ended = True

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from attrs import frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeout
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -24,10 +26,21 @@ from twisted.web.http import PotentialDataLoss
 
 from foreman.client._errors import ForemanConnectionError, ForemanError, error_from_reply
 from foreman.client._retry import RetryPolicy, is_transient
+from foreman.client._url import base_url as normalized_base_url
 
-__all__ = ["BodyPump", "Reply", "Transport", "headers_of", "job_path", "read_body"]
+__all__ = [
+    "BodyPump",
+    "Reply",
+    "Transport",
+    "describe_failure",
+    "headers_of",
+    "is_unreachable",
+    "job_path",
+    "read_body",
+]
 
 USER_AGENT = "foreman-client/0.1"
+T = TypeVar("T")
 _Headers = dict[bytes | str, list[bytes | str]]
 
 
@@ -42,9 +55,26 @@ class Reply:
     status: int
     headers: dict[str, str]  # lower-case names, last value
     body: bytes
+    request: str = ""  # "GET http://host/jobs": names the server when its reply is unusable
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        return self.parse(lambda value: value)
+
+    def parse(self, build: Callable[[Any], T]) -> T:
+        """``build(body as JSON)``; a body that is not foreman's raises ForemanError.
+
+        That is what a base URL pointing at some other web server gets: one
+        line saying so rather than a JSON or KeyError traceback.
+        """
+        try:
+            return build(json.loads(self.body))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            snippet = " ".join(self.body[:80].decode("utf-8", "replace").split())
+            raise ForemanError(
+                f"{self.request} answered {snippet!r}, not a foreman reply; is the URL foreman's?",
+                code="bad_reply",
+                status=self.status,
+            ) from e
 
 
 def headers_of(response: Any) -> dict[str, str]:
@@ -130,7 +160,8 @@ async def read_body(response: Any, reactor: Any) -> bytes:
     d: Deferred[bool] = Deferred(lambda _: pump.stop())
     pump.finished.chainDeferred(d)
     if not await d:
-        raise ForemanConnectionError(f"connection lost while reading the reply: {pump.reason}")
+        reason = describe_failure(pump.reason.value if pump.reason is not None else None, None)
+        raise ForemanConnectionError(f"connection lost while reading the reply: {reason}")
     return b"".join(chunks)
 
 
@@ -146,7 +177,7 @@ class Transport:
         timeout: float,
         retry: RetryPolicy,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalized_base_url(base_url)
         self.token = token
         self.reactor = reactor
         self.timeout = timeout
@@ -206,7 +237,9 @@ class Transport:
             method, path, params=params, body=body, headers=headers, timeout=timeout
         )
         content = await read_body(response, self.reactor)
-        return Reply(response.code, headers_of(response), content)
+        return Reply(
+            response.code, headers_of(response), content, f"{method} {self.base_url}{path}"
+        )
 
     async def call(
         self,
@@ -237,6 +270,8 @@ class Transport:
             try:
                 reply = await exchange
             except Exception as e:
+                if is_unreachable(e):  # no host of that name: another try will not find one
+                    raise self.unreachable(method, path, e, limit) from e
                 if not is_transient(e):
                     raise
                 failure = e
@@ -248,19 +283,44 @@ class Transport:
             if not is_transient(error) or attempt + 1 == attempts:
                 raise error
             failure = error
-        if isinstance(failure, ForemanError):
-            raise failure
-        raise ForemanConnectionError(
-            f"{method} {self.base_url}{path} failed after {attempts} attempt(s): "
-            f"{_describe(failure)}"
-        )
+        if isinstance(failure, ForemanError) and not isinstance(failure, ForemanConnectionError):
+            raise failure  # a 502/503/504 reply: foreman (or a proxy) did answer
+        raise self.unreachable(method, path, failure, limit, attempts)
+
+    def unreachable(
+        self,
+        method: str,
+        path: str,
+        exc: BaseException | None,
+        timeout: float | None = None,
+        attempts: int = 1,
+    ) -> ForemanConnectionError:
+        """The error for a request that got no reply: one line naming the URL and why."""
+        tries = f" after {attempts} attempt(s)" if attempts > 1 else ""
+        reason = describe_failure(exc, timeout or self.timeout)
+        return ForemanConnectionError(f"{method} {self.base_url}{path} failed{tries}: {reason}")
 
 
-def _describe(exc: BaseException | None) -> str:
+def is_unreachable(exc: BaseException) -> bool:
+    """A failure to reach foreman that is not worth retrying (the host name does not resolve)."""
+    return isinstance(exc, neterror.DNSLookupError)
+
+
+_TIMED_OUT = (CancelledError, DeferTimeout, neterror.ConnectingCancelledError)
+
+
+def describe_failure(exc: BaseException | None, timeout: float | None) -> str:
+    """Why a request got no reply, in words (Twisted's wrappers and cancellations unwrapped)."""
     if exc is None:
-        return "unknown error"
+        return "connection lost"
+    if isinstance(exc, ForemanError):
+        return exc.message
+    within = f" within {timeout:g} s" if timeout is not None else ""
+    if isinstance(exc, _TIMED_OUT):  # our per-exchange timeout cancelled it
+        return f"no reply{within}"
+    if isinstance(exc, neterror.TimeoutError):
+        return f"could not connect{within}"
     reasons = getattr(exc, "reasons", None)  # ResponseFailed & co wrap Failures
     if reasons:
-        return "; ".join(_describe(r.value) for r in reasons)
-    text = str(exc) or type(exc).__name__
-    return text
+        return "; ".join(describe_failure(r.value, timeout) for r in reasons)
+    return str(exc).strip() or type(exc).__name__

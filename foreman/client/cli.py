@@ -1,10 +1,14 @@
 """The ``foreman`` command: submit and follow jobs, fetch artifacts, pull models.
 
-Exit status: 0 success; 1 the job failed or was cancelled (or did not finish
-in ``--timeout``), or a pull failed; 2 usage, connection or HTTP errors
-(401, 404, 409 …). Progress goes to stderr — one updating line on a
-terminal, plain lines otherwise — so stdout stays clean for results and
-``--json``.
+Exit status, distinct so scripts can tell "fix the command" from "the job
+failed" from "try again later": 0 success; 1 the job failed or was cancelled
+(or did not finish in ``--timeout``), or a pull failed; 2 a usage or
+configuration error (bad arguments, an unusable URL, an unreadable request
+file) or foreman refused the request (HTTP 401, 404, 409 …); 3 foreman could
+not be reached (connection refused, DNS failure, timeout, connection lost);
+130 interrupted. Every failure is one line on stderr, never a traceback.
+Progress goes to stderr — one updating line on a terminal, plain lines
+otherwise — so stdout stays clean for results and ``--json``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,8 +26,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from foreman import __version__
 from foreman.client._blocking import ForemanClient
-from foreman.client._errors import ForemanError, JobCancelled, JobFailed, PullFailed
+from foreman.client._errors import (
+    ForemanConnectionError,
+    ForemanError,
+    InvalidURL,
+    JobCancelled,
+    JobFailed,
+    PullFailed,
+)
 from foreman.client._models import Job, JobState
 from foreman.client._render import (
     answer_text,
@@ -37,7 +50,16 @@ from foreman.client._render import (
 __all__ = ["main", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-EXIT_OK, EXIT_JOB, EXIT_ERROR = 0, 1, 2
+EXIT_OK = 0
+EXIT_JOB = 1  # the job failed, was cancelled or did not finish in time; a pull failed
+EXIT_USAGE = 2  # fix the command: arguments, URL, request file; or foreman said no (HTTP 4xx/5xx)
+EXIT_UNREACHABLE = 3  # no reply from foreman: refused, DNS, timeout, connection lost
+EXIT_INTERRUPTED = 130
+EXIT_STATUS = (
+    "Exit status: 0 ok; 1 job failed, cancelled or unfinished, or a pull failed; "
+    "2 usage or configuration error, or foreman refused the request (HTTP 4xx/5xx); "
+    "3 foreman unreachable (connection refused, DNS, timeout); 130 interrupted."
+)
 _STATES = [s.value for s in JobState]
 
 
@@ -92,11 +114,13 @@ class Live:
 
 
 class Cli:
-    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(
+        self, args: argparse.Namespace, client: ForemanClient, stdout: TextIO, stderr: TextIO
+    ) -> None:
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
-        self.client = ForemanClient(args.url, args.token)
+        self.client = client
 
     def print(self, text: str) -> None:
         self.stdout.write(text + "\n")
@@ -180,7 +204,10 @@ def cmd_submit(cli: Cli) -> int:
 def _create_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if args.file is not None:
-        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        except UnicodeDecodeError:
+            raise _Usage(f"{args.file}: not UTF-8 text (expected a JSON request)") from None
         try:
             loaded = json.loads(raw)
         except ValueError as e:
@@ -229,6 +256,10 @@ def cmd_list(cli: Cli) -> int:
         cli.print_json([j.raw for j in jobs])
     elif jobs:
         cli.print(job_table(jobs))
+    else:  # say so (silence reads as "did it work?"), on stderr so a pipe still gets nothing
+        given = (("state", cli.args.state), ("model", cli.args.model))
+        filters = " ".join(f"--{name} {value}" for name, value in given if value)
+        cli.stderr.write(f"no jobs match {filters}\n" if filters else "no jobs\n")
     return EXIT_OK
 
 
@@ -313,7 +344,36 @@ class _Usage(Exception):
     pass
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str, stderr: TextIO) -> int:
+    """What argparse prints for a usage error, for ones found after parsing; returns 2."""
+    parser.print_usage(stderr)
+    stderr.write(f"{parser.prog}: error: {message}\n")
+    return EXIT_USAGE
+
+
 # -- arguments
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
 
 
 def _common() -> argparse.ArgumentParser:
@@ -322,7 +382,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help="foreman's base URL (default: $FOREMAN_URL or http://127.0.0.1:8080)",
+        help="foreman's base URL; host:port means http:// "
+        "(default: $FOREMAN_URL or http://127.0.0.1:8080)",
     )
     common.add_argument(
         "--token", default=argparse.SUPPRESS, help="Bearer token (default: $FOREMAN_TOKEN)"
@@ -339,14 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="foreman",
         parents=[common],
         description="Submit and follow foreman jobs, fetch their artifacts, pull models.",
-        epilog="Exit status: 0 ok, 1 job failed/cancelled/unfinished or pull failed, "
-        "2 usage, connection or HTTP error.",
+        epilog=EXIT_STATUS,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"foreman {__version__}")
+    # not required: `foreman` alone prints the whole help (the commands), not one error line
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, handler: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help, description=help)
-        sub.set_defaults(handler=handler)
+        sub = commands.add_parser(
+            name, parents=[common], help=help, description=help, epilog=EXIT_STATUS
+        )
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
 
     submit = command("submit", cmd_submit, "create a job (and optionally wait for its answer)")
@@ -361,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--metadata", help="JSON echoed back on the job")
     submit.add_argument("--idempotency-key", help="reuse to make the submit idempotent")
     submit.add_argument("--wait", action="store_true", help="wait, show progress, print answer")
-    submit.add_argument("--timeout", type=float, help="with --wait: give up after N seconds")
+    submit.add_argument("--timeout", type=_seconds, help="with --wait: give up after N seconds")
 
     get = command("get", cmd_get, "show a job")
     get.add_argument("id")
@@ -369,11 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     lister = command("list", cmd_list, "list jobs, newest first")
     lister.add_argument("--state", choices=_STATES)
     lister.add_argument("--model")
-    lister.add_argument("--limit", type=int, default=20, help="at most N jobs (0: all)")
+    lister.add_argument("--limit", type=_count, default=20, help="at most N jobs (0: all)")
 
     wait = command("wait", cmd_wait, "follow a job live until it ends")
     wait.add_argument("id")
-    wait.add_argument("--timeout", type=float, help="give up after N seconds")
+    wait.add_argument("--timeout", type=_seconds, help="give up after N seconds")
 
     cancel = command("cancel", cmd_cancel, "cancel a queued or running job")
     cancel.add_argument("id")
@@ -397,39 +461,62 @@ def run(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run one command; returns the exit status."""
+    """Run one command; returns the exit status (argparse's exits included, so never raises)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.url = getattr(args, "url", None) or os.environ.get("FOREMAN_URL") or DEFAULT_URL
+    try:
+        # --help, --version and argparse's usage errors print to sys.stdout / sys.stderr
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if args.command is None:  # `foreman` alone (or with options only): list the commands
+        parser.print_help(stderr)
+        return EXIT_USAGE
+    url, source = _url_setting(args)
+    args.url = url
     args.token = getattr(args, "token", None) or os.environ.get("FOREMAN_TOKEN") or None
     args.json = getattr(args, "json", False)
-    cli = Cli(args, stdout, stderr)
+    try:
+        client = ForemanClient(url, args.token)
+    except InvalidURL as e:
+        stderr.write(f"foreman: {source}: {e.message}\n")
+        return EXIT_USAGE
+    cli = Cli(args, client, stdout, stderr)
     try:
         code: int = args.handler(cli)
         return code
     except _Usage as e:
-        parser.error(str(e))  # exits 2
-    except _NotFinished as e:
+        return _usage_error(args.command_parser, str(e), stderr)
+    except (_NotFinished, JobFailed, JobCancelled) as e:
         stderr.write(f"foreman: {e}\n")
         return EXIT_JOB
-    except (JobFailed, JobCancelled) as e:
+    except ForemanConnectionError as e:  # names the URL and the reason
         stderr.write(f"foreman: {e}\n")
-        return EXIT_JOB
+        return EXIT_UNREACHABLE
     except ForemanError as e:
         stderr.write(f"foreman: {e}\n")
-        return EXIT_ERROR
+        return EXIT_USAGE
     except OSError as e:  # a request file or output file
         stderr.write(f"foreman: {e}\n")
-        return EXIT_ERROR
+        return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.write("\n")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         with contextlib.suppress(Exception):  # exiting anyway
-            cli.client.close()
-    return EXIT_ERROR
+            client.close()
+
+
+def _url_setting(args: argparse.Namespace) -> tuple[str, str]:
+    """The base URL and where it came from (named when it is unusable)."""
+    if hasattr(args, "url"):
+        return str(args.url), "--url"
+    from_env = os.environ.get("FOREMAN_URL", "").strip()
+    if from_env:
+        return from_env, "$FOREMAN_URL"
+    return DEFAULT_URL, "default URL"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

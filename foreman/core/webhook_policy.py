@@ -1,4 +1,5 @@
-"""Pure decisions for webhook delivery: when to retry, and what an answer means.
+"""Pure decisions for webhook delivery: when to retry, what an answer means,
+and which failures are worth a log line.
 
 No I/O and no reactor here: the delivery loop asks these functions what to do
 and keeps the clock, the randomness (passed in, so tests are deterministic)
@@ -17,6 +18,9 @@ import random
 import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from attrs import define, field, frozen
 
 from foreman.core.backoff import WEBHOOK_RETRY, WEBHOOK_RETRY_JITTER, WEBHOOK_RETRY_SCHEDULE
 
@@ -25,8 +29,15 @@ __all__ = [
     "MAX_ATTEMPTS",
     "RETRY_AFTER_CAP",
     "RETRY_SCHEDULE",
+    "TRACKED_RECEIVERS",
+    "WARN_INTERVAL",
+    "Alert",
+    "FailureAlerts",
     "Outcome",
+    "Recovery",
     "classify",
+    "describe_delay",
+    "loggable_url",
     "next_delay",
     "parse_retry_after",
 ]
@@ -45,6 +56,15 @@ down together are not hit by every sender at the same instant."""
 RETRY_AFTER_CAP = 86400.0
 """A receiver's ``Retry-After`` is honoured up to 24 h, never beyond: a
 hostile or buggy value must not park an event forever."""
+
+WARN_INTERVAL = 600.0
+"""At most one failure warning per receiver per this many seconds (10 min): a
+receiver that is down fails every pending event of every job, and one line
+per attempt would bury the rest of the log."""
+
+TRACKED_RECEIVERS = 1024
+"""Failing receivers remembered for rate limiting; beyond this the one that
+failed least recently is forgotten (its next failure warns at once)."""
 
 _DELTA_SECONDS = re.compile(r"[0-9]+")
 
@@ -125,3 +145,100 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if when.tzinfo is None:  # asctime carries no zone; HTTP dates are GMT
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
+
+
+def loggable_url(url: str) -> str:
+    """``url`` as a log line may show it: no user info, query or fragment.
+
+    Receivers often carry a token there (``?token=…``); the log is read by
+    more people than the job's submitter.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def describe_delay(seconds: float) -> str:
+    """A retry delay for a reader: ``5 s``, ``30 min``, ``2 h``, ``28.8 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{round(seconds / 3600, 1):g} h"
+
+
+@frozen
+class Alert:
+    """Log a warning for this failure."""
+
+    suppressed: int
+    """Failures to this receiver since the last warning that were not logged."""
+    failures: int
+    """Failed attempts to this receiver since it last worked, this one included."""
+    since: float
+    """When the first of them happened."""
+
+
+@frozen
+class Recovery:
+    """A receiver that had failed has taken a delivery again: log one line."""
+
+    failures: int
+    since: float
+
+
+@define
+class _Outage:
+    since: float
+    failures: int
+    warned_at: float
+    suppressed: int = 0
+
+
+@define
+class FailureAlerts:
+    """Which failed deliveries deserve a warning, per receiver.
+
+    The first failure of a receiver warns at once (an operator learns of a
+    dead receiver in seconds, not after the 42 h schedule); later ones at
+    most every ``interval`` seconds, counting those left out. The caller
+    chooses the receiver key: the delivery loop uses ``loggable_url``, so
+    jobs that put their own token in the query share one budget.
+    """
+
+    interval: float = WARN_INTERVAL
+    tracked: int = TRACKED_RECEIVERS
+    _outages: dict[str, _Outage] = field(factory=dict, init=False)
+
+    def failed(self, receiver: str, now: float) -> Alert | None:
+        """A delivery to ``receiver`` failed at ``now``: an ``Alert`` to log, or None."""
+        outage = self._outages.pop(receiver, None)
+        if outage is None:
+            while len(self._outages) >= max(1, self.tracked):
+                del self._outages[next(iter(self._outages))]  # least recently failing
+            self._outages[receiver] = _Outage(since=now, failures=1, warned_at=now)
+            return Alert(suppressed=0, failures=1, since=now)
+        self._outages[receiver] = outage  # now the most recently failing
+        outage.failures += 1
+        # a clock stepping back must not silence warnings until it catches up
+        if outage.warned_at <= now < outage.warned_at + self.interval:
+            outage.suppressed += 1
+            return None
+        alert = Alert(suppressed=outage.suppressed, failures=outage.failures, since=outage.since)
+        outage.warned_at = now
+        outage.suppressed = 0
+        return alert
+
+    def delivered(self, receiver: str) -> Recovery | None:
+        """A delivery to ``receiver`` succeeded: the ``Recovery`` to log if it had failed."""
+        outage = self._outages.pop(receiver, None)
+        if outage is None:
+            return None
+        return Recovery(failures=outage.failures, since=outage.since)
+
+    def tracked_count(self) -> int:
+        """Receivers currently remembered as failing."""
+        return len(self._outages)

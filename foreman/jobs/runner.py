@@ -432,25 +432,11 @@ class JobRunner:
             self._clock.seconds(),
             self.tokens,
         )
+        # JobService.apply logs the transition (a warning: it carries the error)
         if transition.target is jobstate.JobState.QUEUED:
-            _log.warn(
-                "job {job_id} attempt hit {kind}: {message}; requeued (attempts {attempts})",
-                job_id=job_id,
-                kind=error.kind,
-                message=error.message,
-                attempts=dict(transition.fields)["attempts"],
-            )
             changed = await self._jobs.apply(transition)
             if changed is not None:
                 self._jobs.requeue(changed)
             return
-        fields = dict(transition.fields)
-        _log.warn(
-            "job {job_id} {state}: {code}: {message}",
-            job_id=job_id,
-            state=transition.target.value,
-            code=fields["error_code"] or error.kind,
-            message=error.message,
-        )
         await self._jobs.apply(transition)
         await self._artifacts.discard([job_id])

@@ -217,7 +217,10 @@ class JobService:
             return
         self._metrics.transition(row.state)
         error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
-        _transitions.info(
+        # the one line per state change; one with an error (failed, or queued
+        # again after a failed attempt) is a warning
+        emit = _transitions.warn if row.error_code else _transitions.info
+        emit(
             "job {job_id} {state} model={model} attempts={attempts}{error_text}",
             job_id=row.id,
             state=row.state,

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from foreman import __version__
@@ -116,6 +123,9 @@ class _LiveState:
 
 class Metrics:
     def __init__(self) -> None:
+        # a `_created` series per counter and histogram doubles the scrape for
+        # nothing a dashboard uses (process-wide switch; foreman owns its process)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -161,8 +171,8 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=r,
         )
-        info = Counter("foreman_build", "foreman build", ["version"], registry=r)
-        info.labels(__version__).inc(0)
+        info = Gauge("foreman_build_info", "foreman build (always 1)", ["version"], registry=r)
+        info.labels(__version__).set(1)
         self._request_children: dict[tuple[str, int], Any] = {}
 
     def watch(self, read: Callable[[], dict[str, Any]]) -> None:

@@ -6,26 +6,36 @@ state change and its delivery loses nothing — after a restart the row is
 still ``pending`` and goes out. Per job, events go strictly in ``seq`` order:
 a later event waits until the earlier one is delivered or given up. Different
 jobs' events go out concurrently (bounded). The decisions (retry timing,
-what a status means) are pure, in ``foreman.core.webhook_policy``.
+what a status means, which failures get a log line) are pure, in
+``foreman.core.webhook_policy``.
+
+Logging: the first failure of a receiver is a warning at once, then at most
+one per receiver every ``webhook_policy.WARN_INTERVAL`` (with the count left
+out), and one info line when it takes a delivery again. URLs are logged
+without user info and query (``loggable_url``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shlex
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from foreman.core import webhook_policy
 from foreman.core.signing import generate_secret, headers_for
+from foreman.outbox.quietpool import QuietPool
 from foreman.outbox.ssrf import guarded_agent
 from foreman.store.database import Store
 from foreman.target.call import BytesProducer
@@ -57,7 +67,7 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
         kept = path.read_text().strip()
         if kept:
             return kept
-        _log.warn("{path} is empty: generating a new webhook secret", path=str(path))
+        _log.warn("{path} is empty: generating a new webhook signing secret", path=str(path))
     secret = generate_secret()
     # temp file, fsync, rename: a crash leaves the old state or the whole secret
     tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.tmp"
@@ -72,10 +82,13 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
         os.fsync(directory)
     finally:
         os.close(directory)
+    # never the secret itself: logs are shipped, kept and read far more widely
+    # than the data dir (and only configured secrets are scrubbed from them)
     _log.info(
-        "generated the webhook signing secret (shown once; kept in {path}): {secret}",
+        "generated a webhook signing secret for receivers to verify deliveries with; "
+        "it is kept in {path} (read it with: {command})",
         path=str(path),
-        secret=secret,
+        command=f"cat {shlex.quote(str(path))}",
     )
     return secret
 
@@ -87,6 +100,7 @@ class _Row:
     job_id: str
     seq: int
     url: str
+    type: str
     body: str
     attempts: int
 
@@ -94,7 +108,7 @@ class _Row:
 def _due(conn: sqlite3.Connection, now: float, busy: tuple[str, ...]) -> list[_Row]:
     """The first pending event of each job, when due, skipping jobs in flight."""
     rows = conn.execute(
-        "SELECT o.id, o.msg_id, o.job_id, o.seq, o.url, o.body, o.attempts FROM outbox o "
+        "SELECT o.id, o.msg_id, o.job_id, o.seq, o.url, o.type, o.body, o.attempts FROM outbox o "
         "WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND NOT EXISTS ("
         "  SELECT 1 FROM outbox p WHERE p.job_id = o.job_id AND p.status = 'pending' "
         "  AND p.seq < o.seq) "
@@ -123,14 +137,13 @@ class Delivery:
         timeout: float = TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
-        from twisted.web.client import HTTPConnectionPool
-
         self._reactor = reactor
         self._store = store
         self._secret = secret
-        self._pool = HTTPConnectionPool(reactor, persistent=False)
+        self._pool: HTTPConnectionPool = QuietPool(reactor, persistent=False)
         self._agent = guarded_agent(reactor, allow_private, pool=self._pool)
         self.next_delay = next_delay or webhook_policy.next_delay
+        self.alerts = webhook_policy.FailureAlerts()
         self._timeout = timeout
         self._rng = rng or random.Random()
         self._timer: Any = None
@@ -241,29 +254,77 @@ class Delivery:
         outcome = webhook_policy.classify(status, error)
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
         attempts = row.attempts + 1
+        receiver = webhook_policy.loggable_url(row.url)
         if outcome is webhook_policy.Outcome.DELIVERED:
             self.delivered += 1
+            self._log_recovery(row, receiver)
             await self._store.write(lambda c: _mark(c, row.id, "delivered", attempts, status, None))
             return
         if outcome is webhook_policy.Outcome.GONE:
-            _log.warn("webhook receiver {url} answered 410: no more deliveries to it", url=row.url)
+            _log.warn("webhook receiver {url} answered 410: no more deliveries to it", url=receiver)
             await self._store.write(lambda c: _gone(c, row.url, attempts, time.time()))
             return
         delay = self.next_delay(attempts, self._rng, retry_after)
-        reason = f"HTTP {status}" if status is not None else error
+        reason = f"HTTP {status}" if status is not None else (error or "no answer").rstrip(".")
         if delay is None:
             self.failed += 1
             _log.warn(
-                "webhook {msg_id} for job {job_id} failed after {n} attempts ({reason})",
+                "webhook {msg_id} ({event}) for job {job_id} to {url} failed after {n} attempts "
+                "({reason}); given up",
                 msg_id=row.msg_id,
+                event=row.type,
                 job_id=row.job_id,
+                url=receiver,
                 n=attempts,
                 reason=reason,
             )
             await self._store.write(lambda c: _mark(c, row.id, "failed", attempts, status, error))
             return
-        await self._store.write(
-            lambda c: _retry(c, row.id, attempts, status, error, time.time() + delay)
+        when = time.time() + delay
+        self._log_failure(row, receiver, reason, attempts, when, delay)
+        await self._store.write(lambda c: _retry(c, row.id, attempts, status, error, when))
+
+    def _log_failure(
+        self, row: _Row, receiver: str, reason: str, attempts: int, when: float, delay: float
+    ) -> None:
+        """Warn about a failed attempt, if the receiver's rate limit lets it through."""
+        alert = self.alerts.failed(receiver, time.time())
+        if alert is None:
+            return
+        fields: dict[str, Any] = {
+            "event": row.type,
+            "job_id": row.job_id,
+            "msg_id": row.msg_id,
+            "url": receiver,
+            "reason": reason,
+            "attempt": attempts,
+            "retry_at": _iso(when),
+            "retry_in": webhook_policy.describe_delay(delay),
+            "suppressed": alert.suppressed,
+            "failing_since": _iso(alert.since),
+        }
+        text = (
+            "webhook {event} for job {job_id} to {url} failed ({reason}, attempt {attempt}); "
+            "next attempt in {retry_in}, at {retry_at}"
+        )
+        if alert.suppressed:
+            text += "; {suppressed} more failures to it suppressed since the last warning"
+        if alert.failures > 1:
+            text += " (failing since {failing_since})"
+        _log.warn(text, **fields)
+
+    def _log_recovery(self, row: _Row, receiver: str) -> None:
+        recovery = self.alerts.delivered(receiver)
+        if recovery is None:
+            return
+        _log.info(
+            "webhook receiver {url} is reachable again: {event} for job {job_id} delivered "
+            "after {failures} failed attempts since {failing_since}",
+            url=receiver,
+            event=row.type,
+            job_id=row.job_id,
+            failures=recovery.failures,
+            failing_since=_iso(recovery.since),
         )
 
     async def stop(self) -> None:
@@ -278,6 +339,10 @@ class Delivery:
         if waiting:
             await DeferredList(waiting, consumeErrors=True)
         await self._pool.closeCachedConnections()
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _mark(

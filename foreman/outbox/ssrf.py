@@ -48,6 +48,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer  # type: ignore[import-untyped,unused-ignore]
 
+from foreman.outbox.quietpool import QuietPool
+
 __all__ = [
     "ForbiddenAddress",
     "GuardedEndpointFactory",
@@ -389,9 +391,12 @@ def guarded_agent(
 ) -> Agent:
     """An ``Agent`` for webhook deliveries: guarded connections, no redirects
     followed (a plain ``Agent`` returns 3xx as is). Without ``pool`` each
-    request gets its own connection (Agent's non-persistent default)."""
+    request gets its own connection (as with Agent's default pool, but
+    without its two log lines per connection)."""
     factory = GuardedEndpointFactory(
         reactor, allow_private, connect_timeout, tls_policy=tls_policy, resolver=resolver
     )
+    if pool is None:
+        pool = QuietPool(reactor, persistent=False)
     agent: Agent = Agent.usingEndpointFactory(reactor, factory, pool)  # type: ignore[no-untyped-call,unused-ignore]
     return agent
