@@ -9,6 +9,7 @@ proxy's own overhead stands out. Every server runs in its own process.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,16 +20,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
     "CHAT_BODY",
+    "CHAT_REPLY",
+    "FastHandler",
     "RawClient",
     "Server",
+    "free_port",
     "machine_info",
+    "parse_args",
     "percentile",
+    "run_fast_upstream",
     "spawn_ready",
+    "start_all",
+    "stop_all",
     "summarize",
 ]
 
@@ -40,7 +49,7 @@ CHAT_BODY = json.dumps(
     }
 ).encode()
 
-_CHAT_REPLY = json.dumps(
+CHAT_REPLY = json.dumps(
     {
         "model": "llama3.2",
         "created_at": "2026-01-01T00:00:00.000000Z",
@@ -163,16 +172,25 @@ class RawClient:
 # -- fast upstream -------------------------------------------------------------
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class FastHandler(socketserver.BaseRequestHandler):
+    """One connection of the fast upstream: parse each request, then ``respond``.
+
+    ``started`` is the monotonic time (ns) the request's first bytes arrived, for
+    variants that time the gaps between requests (``bench/dispatch.py``).
+    """
+
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
         while True:
+            started = time.monotonic_ns() if buf else 0
             while b"\r\n\r\n" not in buf:
                 data = sock.recv(65536)
                 if not data:
                     return
+                if not started:
+                    started = time.monotonic_ns()
                 buf += data
             head, buf = buf.split(b"\r\n\r\n", 1)
             lines = head.split(b"\r\n")
@@ -187,19 +205,31 @@ class _Handler(socketserver.BaseRequestHandler):
                 if not data:
                     return
                 buf += data
-            buf = buf[length:]
+            body, buf = buf[:length], buf[length:]
             old = version == b"HTTP/1.0"
             close = old or any(line.lower() == b"connection: close" for line in lines)
-            if target.startswith(b"/stream"):
-                self._stream(sock, target, chunked=not old)
-            else:
-                reply = _CHAT_REPLY if method != b"HEAD" else b""
-                sock.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(_CHAT_REPLY), reply)
-                )
+            self.respond(sock, method, target, body, old, started)
             if close:
                 return
+
+    def respond(
+        self,
+        sock: socket.socket,
+        method: bytes,
+        target: bytes,
+        body: bytes,
+        old: bool,
+        started: int,
+    ) -> None:
+        """The canned answer: a chunked NDJSON stream for ``/stream``, else a chat reply."""
+        if target.startswith(b"/stream"):
+            self._stream(sock, target, chunked=not old)
+        else:
+            reply = CHAT_REPLY if method != b"HEAD" else b""
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(CHAT_REPLY), reply)
+            )
 
     def _stream(self, sock: socket.socket, target: bytes, chunked: bool) -> None:
         query = dict(
@@ -222,9 +252,9 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def run_fast_upstream() -> None:
+def run_fast_upstream(handler: type[FastHandler] = FastHandler) -> None:
     """Serve the canned upstream on an ephemeral port; print ``READY <url>``."""
-    server = _Server(("127.0.0.1", 0), _Handler)
+    server = _Server(("127.0.0.1", 0), handler)
     print(f"READY http://127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -250,6 +280,55 @@ class Server:
                 self.popen.kill()
                 self.popen.wait(5)
         self.log.close()
+
+
+def stop_all(servers: Sequence[Server]) -> None:
+    """Stop every server, newest first; one that fails to stop does not spare the rest.
+
+    All are asked to terminate first, so their shutdowns overlap.
+    """
+    errors: list[BaseException] = []
+    for server in reversed(servers):
+        if server.popen.poll() is None:
+            server.popen.terminate()
+    for server in reversed(servers):
+        try:
+            server.stop()
+        except BaseException as e:  # keep stopping the others, then re-raise
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+def start_all(starts: Sequence[Callable[[], Server]], servers: list[Server]) -> list[Server]:
+    """Run independent ``starts`` at once (each mostly waits for its server's READY line).
+
+    Every server that started is appended to ``servers``, the caller's list to stop in a
+    ``finally``, even when another failed to start (then the first error is raised).
+    """
+    with ThreadPoolExecutor(len(starts)) as pool:
+        futures = [pool.submit(start) for start in starts]
+    started: list[Server] = []
+    error: BaseException | None = None
+    for future in futures:
+        try:
+            server = future.result()
+        except Exception as e:
+            error = error or e
+            continue
+        servers.append(server)
+        started.append(server)
+    if error is not None:
+        raise error
+    return started
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers that cannot bind port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def spawn_ready(
@@ -281,6 +360,24 @@ def spawn_ready(
     popen.kill()
     popen.wait()
     raise RuntimeError(f"{name} did not start:\n{log_path.read_text(errors='replace')}")
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, smoke: dict[str, Any], argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse with a ``--smoke`` flag: it swaps the defaults for ``smoke`` (seconds, not
+    minutes: every code path, tiny sizes); options given explicitly still win."""
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny run (seconds) that still prints every table"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke)
+        args = parser.parse_args(argv)
+    return args
 
 
 # -- numbers ---------------------------------------------------------------------

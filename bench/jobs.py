@@ -1,7 +1,8 @@
 """Benchmark: the durable job queue — create throughput, dispatch cost, restart, memory.
 
 Run: ``.venv/bin/python bench/jobs.py`` (about 20-30 s; loopback only).
-Prints markdown tables; ``--json PATH`` also writes them for ``bench/run_all.py``.
+Prints markdown tables; ``--json PATH`` also writes them for ``bench/run_all.py``;
+``--smoke`` is a tiny run (seconds) through every path.
 
 foreman runs as ``twistd -n foreman`` in its own process; the load comes from
 this process (asyncio keep-alive clients). The target is a closed port
@@ -53,7 +54,7 @@ from bench._proc import (
     start_foreman,
     wait_http_ok,
 )
-from bench._util import RawClient, Server
+from bench._util import RawClient, Server, parse_args
 
 CLOSED_TARGET = "http://127.0.0.1:9"
 MODELS = ("llama3.2", "qwen3", "gemma3", "mistral")
@@ -64,6 +65,7 @@ FLAT_SLACK_US = 10.0
 PER_KIND_BUDGET = 3.0
 WARMUP = 20
 FLAT_FACTOR = 3.0
+SMOKE = {"sizes": "10,300", "picks": 300, "rounds": 5, "restarts": 1, "creates": 40}
 
 
 # -- (a) create throughput ------------------------------------------------------------
@@ -401,7 +403,7 @@ def main() -> None:
         metavar="QUEUED",
         help="only cProfile the daemon taking 64-client creations with QUEUED already queued",
     )
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     sizes = [int(s) for s in args.sizes.split(",")]
     biggest = max(sizes)
     if args.profile is not None:
@@ -428,7 +430,7 @@ def main() -> None:
             seed_times[n] = time.monotonic() - t0
 
         # (a)
-        levels = [(1, max(200, args.creates // 4)), (16, args.creates), (64, args.creates)]
+        levels = [(1, max(10, args.creates // 4)), (16, args.creates), (64, args.creates)]
         rows, rates = throughput(workdir, levels, seeded[biggest][0], biggest)
         out.append(
             f"### (a) `POST /jobs` throughput, durable (`synchronous=FULL`, WAL; data dir on "

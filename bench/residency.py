@@ -43,6 +43,7 @@ from attrs import define, field, frozen
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._proc import Goal, Results, md_table, pcts
+from bench._util import parse_args
 from foreman.core.residency import canonical_model as sched_name
 from foreman.core.scheduler import INTERACTIVE, JOB, Scheduler, Waiting
 from foreman.testing._residency import Grant, Residency, Slot, StartLoad
@@ -147,7 +148,7 @@ def main() -> None:
     parser.add_argument("--trickle", type=int, default=60)
     parser.add_argument("--chat-every", type=float, default=8.0)
     parser.add_argument("--json", help="also write the results here (for bench/run_all.py)")
-    args = parser.parse_args()
+    args = parse_args(parser, {"seeds": 1, "batch": 12, "trickle": 4})
 
     rows = []
     goals: list[Goal] = []

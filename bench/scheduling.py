@@ -1,7 +1,8 @@
 """Benchmark: drain-by-model against FIFO on the simulator, same daemon, same load.
 
 Run: ``.venv/bin/python bench/scheduling.py`` (about 1.5 minutes; loopback only).
-Prints a markdown table; ``--json PATH`` also writes it for ``bench/run_all.py``.
+Prints a markdown table; ``--json PATH`` also writes it for ``bench/run_all.py``;
+``--smoke`` is a tiny run (seconds) through every path.
 
 The target is the Ollama simulator in its own process: four models, one
 resident at a time, times scaled down about 10x from a real GPU box running
@@ -40,6 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,21 @@ from bench._proc import (
     start_foreman,
     start_simulator,
 )
-from bench._util import Server
+from bench._util import Server, parse_args, stop_all
 
 DEADLINE = 180.0  # seconds for one run's jobs; a hang fails instead of waiting forever
 TERMINAL = ("done", "failed", "cancelled")
 MODES = {"FIFO (FOREMAN_MAX_WAIT=0.001)": "0.001", "drain-by-model (default, 600 s)": "600"}
+SMOKE = {
+    "models": "llama3.2=0.02,qwen3=0.03,gemma3=0.04,mistral=0.05",
+    "batch": 8,
+    "arrivals": 2,
+    "arrival_gap": 0.1,
+    "interactive_every": 0.3,
+    "token_rate": 2000.0,
+    "reply_tokens": 4,
+    "at_once": 4,
+}
 
 
 @define
@@ -188,8 +200,7 @@ def run_mode(tag: str, max_wait: str, load: Load, workdir: Path) -> Outcome:
         asyncio.run(wait_target_up(daemon.url))
         return asyncio.run(drive(daemon.url, sim.url, load))
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stop_all(servers)
 
 
 async def wait_target_up(url: str) -> None:
@@ -249,8 +260,11 @@ def main() -> None:
     parser.add_argument("--interactive-every", type=float, default=1.0)
     parser.add_argument("--token-rate", type=float, default=400.0)
     parser.add_argument("--reply-tokens", type=int, default=16)
+    parser.add_argument(
+        "--at-once", type=int, default=1, help="runs at the same time (they compete for the cores)"
+    )
     parser.add_argument("--json", help="also write the results here (for run_all)")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     models = {}
     for part in args.models.split(","):
         name, _, seconds = part.partition("=")
@@ -272,12 +286,21 @@ def main() -> None:
     }
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="foreman-bench-sched-"))
-    outcomes: dict[tuple[str, str], Outcome] = {}
     try:
-        for k, (scenario, scenario_load) in enumerate(scenarios.items()):
-            for name, max_wait in MODES.items():
-                tag = f"{'fifo' if max_wait != '600' else 'drain'}-{k}"
-                outcomes[(scenario, name)] = run_mode(tag, max_wait, scenario_load, workdir)
+        # one after the other unless --at-once: runs at the same time compete for the cores
+        with ThreadPoolExecutor(args.at_once) as pool:
+            futures = {
+                (scenario, name): pool.submit(
+                    run_mode,
+                    f"{'fifo' if max_wait != '600' else 'drain'}-{k}",
+                    max_wait,
+                    scenario_load,
+                    workdir,
+                )
+                for k, (scenario, scenario_load) in enumerate(scenarios.items())
+                for name, max_wait in MODES.items()
+            }
+        outcomes = {key: future.result() for key, future in futures.items()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

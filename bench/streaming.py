@@ -1,7 +1,8 @@
 """Benchmark: streaming through foreman — 1 000 waiting clients, chunk latency, tokens/s.
 
 Run: ``.venv/bin/python bench/streaming.py`` (about 30 s; loopback only).
-Prints markdown tables; ``--json PATH`` also writes them for ``bench/run_all.py``.
+Prints markdown tables; ``--json PATH`` also writes them for ``bench/run_all.py``;
+``--smoke`` is a tiny run (seconds) through every path.
 
 Processes: a paced Ollama simulator (``--token-rate`` tokens/s) and an
 unpaced one (as fast as it can), a ``twistd -n foreman`` in front of each, and
@@ -50,12 +51,22 @@ from bench._proc import (
     start_foreman,
     start_simulator,
 )
-from bench._util import Server
+from bench._util import Server, parse_args, start_all, stop_all
 
 MODEL = "llama3.2"
 GOAL_RSS_MIB = 150.0
 GOAL_ADDED_MS = 1.0
 WAVE = 25  # connections opened at once: stay under the listen backlog (50)
+SMOKE = {
+    "waiting": 30,
+    "waiting_tokens": 2,
+    "hold_tokens": 20_000,
+    "token_rate": 2000.0,
+    "streams": 1,
+    "tokens": 20,
+    "fast_tokens": 300,
+    "fast_rounds": 1,
+}
 
 
 def stream_body(tokens: int, prompt: str) -> bytes:
@@ -116,12 +127,14 @@ async def queue_depth(conn: AioHTTP) -> int:
     return depth
 
 
-async def many_waiting(url: str, pid: int, count: int, tokens: int) -> dict[str, Any]:
+async def many_waiting(
+    url: str, pid: int, count: int, tokens: int, hold_tokens: int
+) -> dict[str, Any]:
     control = await AioHTTP.open(url)
     idle = rss_mib(pid)
     # the long generation that holds the worker
     holder = await AioHTTP.open(url)
-    holder.send("POST", "/api/chat", stream_body(1_000_000, "hold the worker"))
+    holder.send("POST", "/api/chat", stream_body(hold_tokens, "hold the worker"))
     status, _ = await holder.head()
     if status != 200:
         raise RuntimeError(f"holder answered {status}")
@@ -257,30 +270,45 @@ def main() -> None:
     parser.add_argument("--waiting", type=int, default=1000, help="waiting streaming clients")
     parser.add_argument("--waiting-tokens", type=int, default=4, help="tokens each then gets")
     parser.add_argument("--token-rate", type=float, default=500.0, help="paced simulator")
+    parser.add_argument(
+        "--hold-tokens",
+        type=int,
+        default=1_000_000,
+        help="the generation that holds the worker while the clients line up (the simulator"
+        " prepares it before its first chunk: about 4.5 s per million tokens)",
+    )
     parser.add_argument("--streams", type=int, default=4, help="latency streams per path")
     parser.add_argument("--tokens", type=int, default=500, help="tokens per latency stream")
     parser.add_argument("--fast-tokens", type=int, default=20000, help="tokens per fast stream")
     parser.add_argument("--fast-rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the results here (for run_all)")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     fd_limit = raise_fd_limit(args.waiting * 3 + 1024)  # inherited by the daemon too
 
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="foreman-bench-stream-"))
     servers: list[Server] = []
     try:
-        paced = start_simulator("sim-paced", workdir, {MODEL: 0.0}, args.token_rate)
-        servers.append(paced)
-        fast = start_simulator("sim-fast", workdir, {MODEL: 0.0}, 0.0)
-        servers.append(fast)
-        foreman = start_foreman("foreman", workdir, paced.url)
-        servers.append(foreman)
-        foreman_fast = start_foreman("foreman-fast", workdir, fast.url)
-        servers.append(foreman_fast)
+        paced, fast = start_all(
+            [
+                lambda: start_simulator("sim-paced", workdir, {MODEL: 0.0}, args.token_rate),
+                lambda: start_simulator("sim-fast", workdir, {MODEL: 0.0}, 0.0),
+            ],
+            servers,
+        )
+        foreman, foreman_fast = start_all(
+            [
+                lambda: start_foreman("foreman", workdir, paced.url),
+                lambda: start_foreman("foreman-fast", workdir, fast.url),
+            ],
+            servers,
+        )
         time.sleep(0.5)  # first monitor probes
 
         memory = asyncio.run(
-            many_waiting(foreman.url, foreman.popen.pid, args.waiting, args.waiting_tokens)
+            many_waiting(
+                foreman.url, foreman.popen.pid, args.waiting, args.waiting_tokens, args.hold_tokens
+            )
         )
         latency = asyncio.run(
             chunk_latency(
@@ -297,8 +325,7 @@ def main() -> None:
             )
         )
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stop_all(servers)
         shutil.rmtree(workdir, ignore_errors=True)
 
     results = Results("Streaming: 1 000 waiting clients, chunk latency, throughput")
