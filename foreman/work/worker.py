@@ -210,11 +210,7 @@ class Worker:
             except Exception:  # never lets the one worker die; the job is put back
                 _log.failure("worker: dispatching {key} raised", key=item.key)
                 self._put_back(item)
-            if (
-                needs_load
-                and self._monitor.state == "up"
-                and hasattr(self._monitor, "refresh_models")
-            ):
+            if needs_load and self._monitor.state == "up":
                 # which model did that load push out? Ask before the next pick.
                 await self._monitor.refresh_models()
         if self._unsubscribe is not None:
