@@ -9,7 +9,7 @@ option values and the environment in.
 A bad value is reported as one line naming where it came from, what was
 expected and what was given: ``FOREMAN_MAX_ATTEMPTS: expected a whole number,
 got 'three'``, or ``/etc/foreman.toml: max_attempts: …`` for the file. The
-parsers below therefore raise ``ValueError("expected …")`` and leave naming
+parsers (``foreman.app.values``) raise ``ValueError("expected …")`` and leave naming
 the source and the value to ``load_config``.
 """
 
@@ -18,15 +18,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
+from foreman.app import values
+from foreman.app.values import parse_duration, parse_size
 from foreman.core.forwarding import TrustedProxies
 
 __all__ = [
@@ -54,197 +54,6 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {message}")
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``"90"``, ``"90s"``, ``"10m"``, ``"7d"`` …; ValueError otherwise."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ValueError("expected a duration such as 90, 30s, 10m, 12h or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-
-
-# A bare port is what people type first; it listens where the default does
-# (loopback), so exposing foreman on the network stays an explicit choice.
-BARE_PORT_INTERFACE = "127.0.0.1"
-
-
-def _endpoint(text: str) -> str:
-    """A Twisted server endpoint string, or a bare port (``9000``) made into one.
-
-    Only the syntax is checked here; a port already taken is found by the
-    start-up probe (``foreman.app.services.check_listen``).
-    """
-    from twisted.internet.endpoints import serverFromString
-
-    text = text.strip()
-    if text.isdigit():
-        port = int(text)
-        if port > 65535:
-            raise ValueError("expected a port number up to 65535")
-        return f"tcp:{port}:interface={BARE_PORT_INTERFACE}"
-    try:
-        serverFromString(None, text)
-    except Exception as e:  # the endpoint parsers raise whatever they meet
-        raise ValueError(_endpoint_problem(text, e)) from None
-    return text
-
-
-def _endpoint_problem(text: str, error: Exception) -> str:
-    """What to write instead, for the mistakes people make with endpoint strings."""
-    message = str(error)
-    host, _, port = text.rpartition(":")
-    unknown_type = message.startswith("Unknown endpoint type")
-    if unknown_type and port.isdigit() and (host in ("", "localhost") or "." in host):
-        if not host:  # ":9000", as Go and others spell "all interfaces"
-            return (
-                f"expected a Twisted server endpoint: write tcp:{port}"
-                f" (all interfaces) or {port} (loopback only)"
-            )
-        return f"expected a Twisted server endpoint: write tcp:{port}:interface={host}"
-    if isinstance(error, OSError):
-        reason = f"{error.filename}: {_strerror(error)}"
-    elif unknown_type:
-        reason = "unknown endpoint type " + message.partition(": ")[2]
-    elif message.startswith("invalid literal for int()"):
-        reason = "the port must be a number"
-    elif m := re.search(r"unexpected keyword argument (\S+)", message):
-        reason = f"unknown parameter {m.group(1)}"
-    else:
-        reason = message or type(error).__name__
-    return (
-        "expected a port number or a Twisted server endpoint such as"
-        f" tcp:8080:interface=0.0.0.0 ({reason})"
-    )
-
-
-def _url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http(s) URL such as http://127.0.0.1:11434")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ValueError("expected an http(s) URL with a port number up to 65535") from None
-    return text.strip().rstrip("/")
-
-
-def _tokens(text: str) -> tuple[str, ...]:
-    tokens = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not tokens:
-        raise ValueError("expected at least one token (comma-separated)")
-    return tokens
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false (or 1/0, yes/no, on/off)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-    if value < 1:
-        raise ValueError("expected a whole number of at least 1")
-    return value
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``65536``, ``64KiB``, ``64 MiB`` or ``10GB`` (KiB/MiB/GiB are 1024-based)."""
-    number = text.strip()
-    unit = ""
-    while number and number[-1].isalpha():
-        unit = number[-1] + unit
-        number = number[:-1]
-    factor = _SIZE_UNITS.get(unit.lower())
-    try:
-        if factor is None:
-            raise ValueError(unit)
-        return int(float(number.strip()) * factor)
-    except (ValueError, OverflowError):
-        raise ValueError("expected a size such as 65536, 64KiB, 16MiB or 10GB") from None
-
-
-def _positive_size(text: str) -> int:
-    value = parse_size(text)
-    if value < 1:
-        raise ValueError("expected a size of at least 1 byte")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("expected a duration longer than zero")
-    return value
-
-
-def _nonneg_duration(text: str) -> float:
-    return parse_duration(text)
-
-
-def _mac(text: str) -> str:
-    hexdigits = re.sub(r"[:\-.]", "", text.strip())
-    if not re.fullmatch(r"[0-9A-Fa-f]{12}", hexdigits):
-        raise ValueError("expected a MAC address such as aa:bb:cc:dd:ee:ff")
-    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2)).lower()
-
-
-def _host_port(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected address:port such as 255.255.255.255:9")
-    return text
-
-
-def _log_format(text: str) -> str:
-    if text not in ("text", "json"):
-        raise ValueError("expected text or json")
-    return text
-
-
-def _secret(text: str) -> str:
-    if not text.startswith("whsec_") or len(text) < 16:
-        raise ValueError("expected whsec_ followed by base64 (at least 16 characters)")
-    return text
-
-
-def _trusted_proxies(text: str) -> TrustedProxies:
-    try:
-        return TrustedProxies.parse(text)
-    except ValueError:
-        raise ValueError("expected IP addresses or networks such as 127.0.0.0/8,::1") from None
-
-
-def _path(text: str) -> Path:
-    try:
-        return Path(text).expanduser()
-    except RuntimeError:  # "~someone" with no such user
-        raise ValueError("expected a directory path (no such home directory)") from None
-
-
 @frozen
 class Setting:
     """One configuration setting: where it comes from and how it is parsed."""
@@ -270,7 +79,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_LISTEN",
         "listen",
         "tcp:8080:interface=127.0.0.1",
-        _endpoint,
+        values.endpoint,
         "Twisted server endpoint string to listen on (a bare port number: loopback only)",
     ),
     Setting(
@@ -278,7 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_TARGET_URL",
         "target",
         "http://127.0.0.1:11434",
-        _url,
+        values.http_url,
         "URL of the Ollama server",
     ),
     Setting(
@@ -295,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_DATA_DIR",
         "data-dir",
         "./foreman-data",
-        _path,
+        values.path,
         "directory for the SQLite database and artifacts",
     ),
     Setting(
@@ -303,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_API_TOKENS",
         None,
         None,
-        _tokens,
+        values.tokens,
         "comma-separated Bearer tokens clients must present (unset: open)",
         secret=True,
     ),
@@ -312,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_PUBLIC_URL",
         "public-url",
         None,
-        _url,
+        values.http_url,
         "base URL used in webhook payloads and artifact links (default: from request)",
     ),
     Setting(
@@ -320,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_TRUSTED_PROXIES",
         "trusted-proxies",
         "127.0.0.0/8,::1",
-        _trusted_proxies,
+        values.trusted_proxies,
         "peers whose X-Forwarded-Host/-Proto are believed (IPs or networks, comma-separated)",
     ),
     Setting(
@@ -328,7 +137,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_WEBHOOK_SECRET",
         None,
         None,
-        _secret,
+        values.secret,
         "whsec_... webhook signing secret (default: generated once, kept in data dir)",
         secret=True,
     ),
@@ -337,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_WEBHOOK_ALLOW_PRIVATE",
         "webhook-allow-private",
         "false",
-        _bool,
+        values.boolean,
         "allow webhook URLs resolving to loopback/private addresses",
     ),
     Setting(
@@ -345,7 +154,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_QUEUE",
         "max-queue",
         "10000",
-        _positive_int,
+        values.positive_int,
         "most interactive requests waiting; beyond it 503 + Retry-After",
     ),
     Setting(
@@ -353,7 +162,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_WAIT",
         "max-wait",
         "600",
-        _positive_duration,
+        values.positive_duration,
         "starvation bound for drain-by-model (seconds or 10m)",
     ),
     Setting(
@@ -361,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_ATTEMPTS",
         "max-attempts",
         "3",
-        _positive_int,
+        values.positive_int,
         "attempts per job before it fails",
     ),
     Setting(
@@ -369,7 +178,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_JOB_RETENTION",
         "job-retention",
         "7d",
-        _positive_duration,
+        values.positive_duration,
         "finished jobs and their artifacts are deleted after this",
     ),
     Setting(
@@ -377,7 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_WOL_MAC",
         "wol-mac",
         None,
-        _mac,
+        values.mac,
         "send Wake-on-LAN to this MAC when work waits and the target is down",
     ),
     Setting(
@@ -385,7 +194,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_WOL_BROADCAST",
         "wol-broadcast",
         "255.255.255.255:9",
-        _host_port,
+        values.host_port,
         "address:port the Wake-on-LAN packet is sent to",
     ),
     Setting(
@@ -393,7 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_LOG_FORMAT",
         "log-format",
         "text",
-        _log_format,
+        values.log_format,
         "log format: text or json",
     ),
     Setting(
@@ -401,7 +210,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_BODY",
         "max-body",
         "16777216",
-        _positive_size,
+        values.positive_size,
         "largest accepted request body (bytes, or with a unit: 16MiB; 413 beyond)",
     ),
     Setting(
@@ -409,7 +218,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_MAX_RESPONSE",
         "max-response",
         "64MiB",
-        _positive_size,
+        values.positive_size,
         "largest target answer a job may get; beyond, the job fails response_too_large",
     ),
     Setting(
@@ -417,7 +226,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_SHUTDOWN_GRACE",
         "shutdown-grace",
         "30",
-        _nonneg_duration,
+        values.nonneg_duration,
         "on SIGTERM, how long the running request may finish",
     ),
     Setting(
@@ -425,7 +234,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_JOB_IDLE_TIMEOUT",
         "job-idle-timeout",
         "15m",
-        _positive_duration,
+        values.positive_duration,
         "a target that sends nothing this long (cold loads count): a job attempt is"
         " retried, an interactive request gets 504 or is cut",
     ),
@@ -434,7 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
         "FOREMAN_PROBE_TIMEOUT",
         "probe-timeout",
         "3",
-        _positive_duration,
+        values.positive_duration,
         "timeout of one target probe; when probes fail while a request runs, the"
         " request is declared lost (a job goes back to the queue)",
     ),
@@ -443,7 +252,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "simulate",
         "false",
-        _bool,
+        values.boolean,
         "run the built-in Ollama simulator in-process and use it as the target",
         flag=True,
     ),
@@ -532,17 +341,12 @@ def _toml_repr(value: Any) -> str:
     return str(value)
 
 
-def _strerror(error: OSError) -> str:
-    reason = error.strerror or str(error)
-    return reason[:1].lower() + reason[1:]
-
-
 def _toml_layer(path: str, named_by: str) -> dict[str, _Given]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as e:
-        raise ConfigError(named_by, f"cannot read {path}: {_strerror(e)}") from None
+        raise ConfigError(named_by, f"cannot read {path}: {values.strerror(e)}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, f"not valid TOML: {e}") from None
     layer: dict[str, _Given] = {}
@@ -652,5 +456,5 @@ def check_data_dir(config: Config) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(
-            _BY_NAME["data_dir"].label, f"{config.data_dir} is not writable ({_strerror(e)})"
+            _BY_NAME["data_dir"].label, f"{config.data_dir} is not writable ({values.strerror(e)})"
         ) from None
