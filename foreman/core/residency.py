@@ -15,6 +15,7 @@ small) as an exponentially weighted mean per model.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ __all__ = [
     "canonical_model",
     "parse_ps",
     "parse_time",
+    "read_ps",
 ]
 
 ABOUT_TO_EXPIRE = 5.0
@@ -82,8 +84,9 @@ def parse_ps(doc: object) -> list[ResidentModel] | None:
     for entry in doc["models"]:
         if not isinstance(entry, dict):
             continue
-        name = entry.get("name") or entry.get("model")
-        if not isinstance(name, str) or not name:
+        names = (entry.get("name"), entry.get("model"))
+        name = next((n for n in names if isinstance(n, str) and n), None)
+        if name is None:
             continue
         raw = entry.get("expires_at")
         expires = parse_time(raw) if isinstance(raw, str) else None
@@ -96,6 +99,15 @@ def parse_ps(doc: object) -> list[ResidentModel] | None:
             )
         )
     return out
+
+
+def read_ps(body: bytes) -> list[ResidentModel] | None:
+    """:func:`parse_ps` of raw bytes; None for a body that is not JSON or not ``/api/ps``."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return parse_ps(doc)
 
 
 @define

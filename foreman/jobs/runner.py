@@ -25,6 +25,7 @@ from foreman.core.backoff import RECORD_RETRY
 from foreman.core.framing import LineTooLong, NDJSONDecoder, SSEDecoder
 from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
+from foreman.core.residency import canonical_model, read_ps
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import Progress
 from foreman.target.call import (
@@ -104,29 +105,6 @@ def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[s
     if endpoint in _GENERATE_LIKE:
         return "/api/generate", {"model": model, "stream": False, **extra}
     return None  # embeddings: the request itself loads the model
-
-
-def _ps_names(body: bytes) -> set[str]:
-    """The models ``/api/ps`` lists; nothing for a body of any other shape."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return set()
-    models = parsed.get("models") if isinstance(parsed, dict) else None
-    if not isinstance(models, list):
-        return set()
-    names: set[str] = set()
-    for m in models:
-        if not isinstance(m, dict):
-            continue
-        for key in ("name", "model"):
-            if isinstance(m.get(key), str):
-                names.add(_canonical(m[key]))
-    return names
-
-
-def _canonical(model: str) -> str:
-    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
 
 
 class JobRunner:
@@ -286,7 +264,8 @@ class JobRunner:
             return False
         finally:
             self._asking = None
-        return response.code == 200 and _canonical(model) in _ps_names(body)
+        listed = read_ps(body) if response.code == 200 else None
+        return listed is not None and canonical_model(model) in {m.name for m in listed}
 
     async def _target(
         self, path: str, body: dict[str, Any], on_data: Callable[[bytes], None]

@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from foreman.core.backoff import monitor_probe_delay
-from foreman.core.residency import ResidentModel, parse_ps
+from foreman.core.residency import ResidentModel, read_ps
 from foreman.target.readbody import BodyTimeout, HeadersTimeout, fetch
 
 __all__ = ["CachedBody", "TargetMonitor", "TargetSnapshot"]
@@ -229,10 +229,7 @@ class TargetMonitor:
         response, body = await self._get(b"/api/ps")
         if response.code != 200:
             return None
-        try:
-            models = parse_ps(json.loads(body))
-        except ValueError:
-            return None
+        models = read_ps(body)
         if models is None:
             return None
         self.resident = tuple(models)

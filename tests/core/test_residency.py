@@ -13,6 +13,7 @@ from foreman.core.residency import (
     canonical_model,
     parse_ps,
     parse_time,
+    read_ps,
 )
 from tests.budget import examples
 
@@ -108,3 +109,11 @@ def test_never_counts_a_model_expiring_within_the_margin(
         for name in view.names(now):
             assert view.is_resident(name, now)
         assert view.capacity >= len(view.names(now))
+
+
+def test_read_ps_takes_the_first_string_name_and_refuses_other_bodies() -> None:
+    body = b'{"models": [{"name": 5, "model": "qwen3"}, {"name": "", "model": "x:1"}]}'
+    assert [m.name for m in read_ps(body) or []] == ["qwen3:latest", "x:1"]
+    assert read_ps(b"not json") is None
+    assert read_ps(b"[" * 100_000 + b"]" * 100_000) is None  # nested too deeply
+    assert read_ps(b'{"models": {}}') is None
