@@ -248,6 +248,30 @@ SETTINGS: tuple[Setting, ...] = (
         " request is declared lost (a job goes back to the queue)",
     ),
     Setting(
+        "batch_max_lines",
+        "FOREMAN_BATCH_MAX_LINES",
+        "batch-max-lines",
+        "50000",
+        values.positive_int,
+        "most requests (lines) in one batch input file",
+    ),
+    Setting(
+        "batch_max_bytes",
+        "FOREMAN_BATCH_MAX_BYTES",
+        "batch-max-bytes",
+        "200MB",
+        values.positive_size,
+        "largest upload to /v1/files (413 beyond)",
+    ),
+    Setting(
+        "batch_webhook_url",
+        "FOREMAN_BATCH_WEBHOOK_URL",
+        "batch-webhook-url",
+        None,
+        values.http_url,
+        "where batch.* webhooks go when a batch's metadata names no webhook_url",
+    ),
+    Setting(
         "simulate",
         None,
         "simulate",
@@ -296,6 +320,9 @@ class Config:
     shutdown_grace: float = _default("shutdown_grace")
     job_idle_timeout: float = _default("job_idle_timeout")
     probe_timeout: float = _default("probe_timeout")
+    batch_max_lines: int = _default("batch_max_lines")
+    batch_max_bytes: int = _default("batch_max_bytes")
+    batch_webhook_url: str | None = _default("batch_webhook_url")
     simulate: bool = _default("simulate")
 
     @property
@@ -305,6 +332,10 @@ class Config:
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so log output can be scrubbed of them."""

@@ -26,6 +26,7 @@ from foreman.app.services import (
 )
 from foreman.app.wiring import build_parts, build_site
 from foreman.core.forwarding import TrustedProxies
+from foreman.jobs.batches import BatchService
 from foreman.jobs.hub import JobHub
 from foreman.jobs.runner import JobRunner
 from foreman.jobs.service import JobService
@@ -124,6 +125,10 @@ class Daemon:
     @property
     def jobs(self) -> JobService:
         return self.parts.jobs
+
+    @property
+    def batches(self) -> BatchService:
+        return self.parts.batches
 
     @property
     def hub(self) -> JobHub:

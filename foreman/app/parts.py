@@ -8,6 +8,7 @@ from attrs import frozen
 
 from foreman.app.config import Config
 from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.batches import BatchService
 from foreman.jobs.hub import JobHub
 from foreman.jobs.runner import JobRunner
 from foreman.jobs.service import JobService
@@ -41,6 +42,7 @@ class Parts:
     hub: JobHub
     artifacts: ArtifactStore
     jobs: JobService
+    batches: BatchService
     runner: JobRunner
     worker: Worker
     delivery: Delivery

@@ -240,6 +240,7 @@ async def _start_work(parts: Parts) -> None:
     clock = parts.reactor
     started = clock.seconds()
     recovered, queued = await parts.jobs.recover()
+    await parts.batches.recover()
     _log.info(
         "job queue ready: {queued} queued ({recovered} interrupted attempts requeued) "
         "in {seconds:.2f} s",
@@ -251,6 +252,7 @@ async def _start_work(parts: Parts) -> None:
 
 
 async def _stop_work(parts: Parts) -> None:
+    await parts.batches.stop()
     await parts.worker.stop(parts.config.shutdown_grace)
     parts.queue.close()
 

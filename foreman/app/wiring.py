@@ -15,6 +15,8 @@ from foreman.app.parts import Parts
 from foreman.core.errors import BadRequest
 from foreman.core.scheduler import Scheduler
 from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.batches import BatchService
+from foreman.jobs.files import FileStore
 from foreman.jobs.hub import JobHub
 from foreman.jobs.runner import JobRunner
 from foreman.jobs.service import JobService
@@ -29,6 +31,7 @@ from foreman.web.auth import TokenCheck
 from foreman.web.proxy import ProxyResource
 from foreman.web.routes import build_app
 from foreman.web.site import ForemanSite
+from foreman.web.upload import Upload
 from foreman.web.view import DaemonView
 from foreman.work.queue import WorkQueue
 from foreman.work.worker import Worker
@@ -61,6 +64,17 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         metrics=metrics,
         public_url=config.public_url,
         max_attempts=config.max_attempts,
+        check_webhook=_webhook_check(config, reactor),
+    )
+    batches = BatchService(
+        store=store,
+        jobs=jobs,
+        files=FileStore(config.files_dir),
+        artifacts=artifacts,
+        reactor=reactor,
+        max_lines=config.batch_max_lines,
+        line_limit=config.max_body,
+        default_webhook=config.batch_webhook_url,
         check_webhook=_webhook_check(config, reactor),
     )
     runner = JobRunner(
@@ -98,6 +112,8 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         allow_private=config.webhook_allow_private,
     )
     jobs.outbox_listeners.append(delivery.poke)
+    jobs.batch_active = batches.active
+    batches.abort_running = worker.cancel_job
     jobs.resident = worker.resident
     jobs.live_tokens = lambda job_id: runner.tokens if runner.job_id == job_id else None
     proxy = ProxyResource(
@@ -119,6 +135,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         hub=hub,
         artifacts=artifacts,
         jobs=jobs,
+        batches=batches,
         runner=runner,
         worker=worker,
         delivery=delivery,
@@ -142,6 +159,16 @@ def build_site(parts: Parts, view: DaemonView) -> ForemanSite:
         reactor=parts.reactor,
     )
     site.report = request_line(parts.metrics, parts.reactor)
+
+    def upload(request: Any, length: int | None) -> Upload:
+        return Upload(
+            content_type=(request.getHeader(b"content-type") or b"").decode("latin-1"),
+            new_writer=parts.batches.new_upload,
+            limit=config.batch_max_bytes,
+            transport=request.channel.transport,
+        )
+
+    site.uploads = upload
     return site
 
 

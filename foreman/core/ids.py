@@ -18,10 +18,23 @@ import threading
 
 from attrs import define, field
 
-__all__ = ["JOB_ID", "IdGenerator", "new_job_id", "new_message_id"]
+__all__ = [
+    "BATCH_ID",
+    "FILE_ID",
+    "JOB_ID",
+    "IdGenerator",
+    "batch_request_id",
+    "new_batch_id",
+    "new_file_id",
+    "new_job_id",
+    "new_message_id",
+]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 JOB_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
+# OpenAI's spellings: ``file-…`` with a hyphen, ``batch_…`` with an underscore
+FILE_ID = re.compile(r"^file-[0-9A-HJKMNP-TV-Z]{26}$")
+BATCH_ID = re.compile(r"^batch_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
 _RAND_SPACE = 1 << 80
@@ -87,3 +100,18 @@ def new_job_id(now: float) -> str:
 def new_message_id(now: float) -> str:
     """A Standard Webhooks message id (``msg_…``), stable across retries of one event."""
     return _shared.message_id(now)
+
+
+def new_file_id(now: float) -> str:
+    """An OpenAI-style file id (``file-…``) for a file stored at ``now``."""
+    return "file-" + _shared.ulid(now)
+
+
+def new_batch_id(now: float) -> str:
+    """An OpenAI-style batch id (``batch_…``)."""
+    return "batch_" + _shared.ulid(now)
+
+
+def batch_request_id(job_id: str) -> str:
+    """The ``batch_req_…`` id of the output line of the batch line run as ``job_id``."""
+    return "batch_req_" + job_id.removeprefix("job_")

@@ -291,9 +291,14 @@ def attempt_failed(
     now: float,
     tokens: int,
     *,
+    status: int | None = None,
     rng: random.Random | None = None,
 ) -> Transition:
-    """The transition after a running attempt ended with ``kind`` (see ``after_error``)."""
+    """The transition after a running attempt ended with ``kind`` (see ``after_error``).
+
+    ``status``: the target's HTTP status, kept on a failed job (a batch's error
+    file reports it as the line's ``status_code``).
+    """
     kind = ErrorKind(kind)
     decision = after_error(state, attempts, max_attempts, kind, rng=rng)
     if decision.event is Event.REQUEUE:
@@ -312,6 +317,7 @@ def attempt_failed(
             ("error_code", (decision.error_code or kind.value) if failed else None),
             ("error_message", message if failed else None),
             ("tokens", tokens),
+            ("error_status", status if failed else None),
         )
     return plan(job_id, decision.event, now, fields, source=state)
 

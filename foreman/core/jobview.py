@@ -75,6 +75,8 @@ def job_object(
     }
     if row.webhook_url is not None:
         body["webhook_url"] = row.webhook_url
+    if row.batch_id is not None:
+        body["batch"] = {"id": row.batch_id, "custom_id": row.custom_id, "line": row.line}
     if seq is not None:
         body["seq"] = seq
     return body

@@ -46,6 +46,9 @@ class NewJob:
     idempotency_key: str | None
     request_hash: str
     base_url: str
+    batch_id: str | None = None
+    custom_id: str | None = None
+    line: int | None = None
 
 
 @frozen
@@ -73,6 +76,10 @@ class JobRow:
     artifacts: str | None
     idempotency_key: str | None
     base_url: str | None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    line: int | None = None
+    error_status: int | None = None  # the target's HTTP status when it refused the job
 
     @property
     def terminal(self) -> bool:

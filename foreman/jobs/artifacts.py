@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,25 @@ FLUSH_AT = 256 * 1024  # bytes of a stream gathered before one write to disk
 class StreamWriter:
     """Appends a job's stream to ``.<name>.tmp`` as it arrives; see the module doc."""
 
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, flush_at: int = FLUSH_AT) -> None:
         self.folder = folder
         self.name = name
         self.tmp = folder / f".{name}.tmp"
         self.size = 0
+        self._flush_at = flush_at
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._in_flight = 0
         self._writing: Deferred[None] | None = None
         self._error: OSError | None = None
         self._file: Any = None
+        #: called after each write to disk, so a producer paused on ``pending`` can resume
+        self.on_written: Callable[[], None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes taken but not yet on disk (buffered, or being written)."""
+        return self._buffered + self._in_flight
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
@@ -51,12 +61,13 @@ class StreamWriter:
         self._buffer.append(data)
         self._buffered += len(data)
         self.size += len(data)
-        if self._buffered >= FLUSH_AT and self._writing is None:
+        if self._buffered >= self._flush_at and self._writing is None:
             self._flush()
 
     def _flush(self) -> None:
         chunk = b"".join(self._buffer)
         self._buffer, self._buffered = [], 0
+        self._in_flight = len(chunk)
         self._writing = deferToThread(self._append, chunk)
         self._writing.addBoth(self._written)
 
@@ -68,12 +79,15 @@ class StreamWriter:
 
     def _written(self, result: Any) -> None:
         self._writing = None
+        self._in_flight = 0
         if isinstance(result, Failure):
             error = result.value
             self._error = error if isinstance(error, OSError) else OSError(str(error))
             self._buffer, self._buffered = [], 0
-        elif self._buffered >= FLUSH_AT:
+        elif self._buffered >= self._flush_at:
             self._flush()
+        if self.on_written is not None:
+            self.on_written()
 
     async def finish(self) -> None:
         """Everything on disk and synced, still under the temporary name; OSError if not."""

@@ -410,6 +410,7 @@ class JobRunner:
             error.message,
             self._clock.seconds(),
             self.tokens,
+            status=error.status,
         )
         # JobService.apply logs the transition (a warning: it carries the error)
         if transition.target is jobstate.JobState.QUEUED:

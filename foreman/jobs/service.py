@@ -110,6 +110,10 @@ class JobService:
         self.outbox_listeners: list[Callable[[], None]] = []
         self.resident: Callable[[], tuple[str, ...]] = tuple
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
+        #: told of every batch line that reached done, failed or cancelled
+        self.line_listeners: list[Callable[[JobRow], None]] = []
+        #: True while a batch still needs its lines (they cannot be deleted then)
+        self.batch_active: Callable[[str], bool] = lambda batch_id: False
 
     # -- rendering
 
@@ -199,9 +203,14 @@ class JobService:
             self._published(row, event)
         return self.render(row), created
 
-    def _render_for_event(self, row: JobRow, seq: int) -> dict[str, Any]:
-        # runs on the store thread: no scheduler access (position comes from the live view)
+    def render_for_event(self, row: JobRow, seq: int) -> dict[str, Any]:
+        """The job object stored with an event; runs on the store thread (no scheduler)."""
         return job_object(row, self.base_url(row), seq=seq)
+
+    _render_for_event = render_for_event
+
+    def new_id(self) -> str:
+        return new_job_id(self.reactor.seconds())
 
     async def apply(self, transition: jobstate.Transition) -> JobRow | None:
         """Write ``transition``; None when the job left its source states meanwhile."""
@@ -234,6 +243,14 @@ class JobService:
         if row.webhook_url:
             for poke in self.outbox_listeners:
                 poke()
+        if row.batch_id is not None and row.terminal:
+            for listener in self.line_listeners:
+                listener(row)
+
+    def published_quietly(self, row: JobRow, event: sql.Event) -> None:
+        """A change made in bulk (a batch's lines cancelled): counted, told, not logged."""
+        self._metrics.transition(row.state)
+        self.hub.publish(row.id, event)
 
     def requeue(self, row: JobRow) -> None:
         self.queue.add_job(row.id, row.model, row.priority, row.created_at, row.not_before)
@@ -258,7 +275,7 @@ class JobService:
         row = await self.get_row(job_id)
         if row is None:
             return "missing"
-        if not row.terminal:
+        if not row.terminal or (row.batch_id is not None and self.batch_active(row.batch_id)):
             return "active"
         deleted = await self.store.write(lambda c: sql.delete_job(c, job_id))
         if not deleted:

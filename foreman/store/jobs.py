@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from foreman.core.batchstate import TERMINAL as BATCH_TERMINAL
+from foreman.core.batchstate import BatchStatus
 from foreman.core.ids import new_message_id
 from foreman.core.jobstate import RUNNING, TERMINAL, JobState, Transition
 from foreman.core.records import Event, IdempotencyConflict, JobRow, NewJob, request_hash
@@ -34,13 +36,16 @@ __all__ = [
 _COLUMNS = (
     "id, state, endpoint, model, priority, request, metadata, webhook_url, attempts, "
     "error_code, error_message, created_at, started_at, working_at, finished_at, "
-    "not_before, tokens, result, artifacts, idempotency_key, base_url"
+    "not_before, tokens, result, artifacts, idempotency_key, base_url, "
+    "batch_id, custom_id, line, error_status"
 )
 
 # State values for SQL parameters, taken from the state machine so they cannot drift.
 _QUEUED = JobState.QUEUED.value
 _RUNNING_STATES = tuple(sorted(s.value for s in RUNNING))
 _TERMINAL_STATES = tuple(sorted(s.value for s in TERMINAL))
+# batches whose lines must stay until their output is written
+_UNFINISHED_BATCH = tuple(sorted(s.value for s in BatchStatus if s not in BATCH_TERMINAL))
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -77,8 +82,8 @@ def insert_job(
             return row, False, None
     conn.execute(
         "INSERT INTO jobs (id, state, endpoint, model, priority, request, metadata, "
-        "webhook_url, created_at, idempotency_key, request_hash, base_url) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "webhook_url, created_at, idempotency_key, request_hash, base_url, "
+        "batch_id, custom_id, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             job.id,
             _QUEUED,
@@ -92,6 +97,9 @@ def insert_job(
             job.idempotency_key,
             job.request_hash,
             job.base_url,
+            job.batch_id,
+            job.custom_id,
+            job.line,
         ),
     )
     row = get_job(conn, job.id)
@@ -112,6 +120,7 @@ _SETTABLE = frozenset(
         "tokens",
         "result",
         "artifacts",
+        "error_status",
     }
 )
 
@@ -155,30 +164,32 @@ def _record_event(
         (row.id, seq, event_type, at, data),
     )
     if row.webhook_url:
-        gone = conn.execute(
-            "SELECT 1 FROM webhook_gone WHERE url = ?", (row.webhook_url,)
-        ).fetchone()
-        body = json.dumps(
-            {"type": event_type, "timestamp": _rfc3339(at), "data": json.loads(data)},
-            separators=(",", ":"),
-        )
-        conn.execute(
-            "INSERT INTO outbox (msg_id, job_id, seq, url, type, body, status, "
-            "next_attempt_at, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                new_message_id(at),
-                row.id,
-                seq,
-                row.webhook_url,
-                event_type,
-                body,
-                "gone" if gone else "pending",
-                at,
-                at,
-                at if gone else None,
-            ),
-        )
+        queue_webhook(conn, row.id, seq, row.webhook_url, event_type, at, data)
     return Event(row.id, seq, event_type, at, data)
+
+
+def queue_webhook(
+    conn: sqlite3.Connection, key: str, seq: int, url: str, event_type: str, at: float, data: str
+) -> None:
+    """Put one delivery in the outbox; ``key`` (a job's or a batch's id) orders them by ``seq``."""
+    gone = conn.execute("SELECT 1 FROM webhook_gone WHERE url = ?", (url,)).fetchone()
+    body = f'{{"type":{json.dumps(event_type)},"timestamp":"{_rfc3339(at)}","data":{data}}}'
+    conn.execute(
+        "INSERT INTO outbox (msg_id, job_id, seq, url, type, body, status, "
+        "next_attempt_at, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new_message_id(at),
+            key,
+            seq,
+            url,
+            event_type,
+            body,
+            "gone" if gone else "pending",
+            at,
+            at,
+            at if gone else None,
+        ),
+    )
 
 
 def _rfc3339(at: float) -> str:
@@ -248,13 +259,19 @@ def delete_job(conn: sqlite3.Connection, job_id: str) -> bool:
         f"DELETE FROM jobs WHERE id = ? AND state IN ({_marks(_TERMINAL_STATES)})",
         (job_id, *_TERMINAL_STATES),
     )
-    return cur.rowcount > 0
+    if cur.rowcount == 0:
+        return False
+    conn.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
+    return True
 
 
 def expired_jobs(conn: sqlite3.Connection, before: float, limit: int = 1000) -> list[str]:
+    """Finished jobs older than ``before``; a batch's lines only once the batch has ended."""
     rows = conn.execute(
-        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?",
-        (before, limit),
+        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+        "AND (batch_id IS NULL OR batch_id NOT IN "
+        f"(SELECT id FROM batches WHERE status IN ({_marks(_UNFINISHED_BATCH)}))) LIMIT ?",
+        (before, *_UNFINISHED_BATCH, limit),
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -263,6 +280,7 @@ def delete_jobs(conn: sqlite3.Connection, ids: Iterable[str]) -> int:
     count = 0
     for job_id in ids:
         count += conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+        conn.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
     return count
 
 

@@ -85,7 +85,80 @@ CREATE TABLE settings (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Batches (ADR 0018): files, batches, a job's place in its batch, the target's
+# status on a refusal; and an outbox whose key is a job's or a batch's id (its
+# foreign key to ``jobs`` goes: deleting a job deletes its outbox rows itself).
+_V2 = """
+CREATE TABLE files (
+    id          TEXT PRIMARY KEY,
+    purpose     TEXT NOT NULL,
+    filename    TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  REAL NOT NULL,
+    batch_id    TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE batches (
+    id                TEXT PRIMARY KEY,
+    status            TEXT NOT NULL,
+    ending            TEXT,
+    endpoint          TEXT NOT NULL,
+    input_file_id     TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    metadata          TEXT,
+    webhook_url       TEXT,
+    output_file_id    TEXT,
+    error_file_id     TEXT,
+    errors            TEXT,
+    total             INTEGER NOT NULL DEFAULT 0,
+    completed         INTEGER NOT NULL DEFAULT 0,
+    failed            INTEGER NOT NULL DEFAULT 0,
+    usage             TEXT,
+    created_at        REAL NOT NULL,
+    in_progress_at    REAL,
+    finalizing_at     REAL,
+    completed_at      REAL,
+    failed_at         REAL,
+    expired_at        REAL,
+    expires_at        REAL NOT NULL,
+    cancelling_at     REAL,
+    cancelled_at      REAL,
+    base_url          TEXT
+) WITHOUT ROWID;
+CREATE INDEX batches_by_status ON batches (status, id);
+CREATE INDEX batches_by_input ON batches (input_file_id);
+
+ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+ALTER TABLE jobs ADD COLUMN custom_id TEXT;
+ALTER TABLE jobs ADD COLUMN line INTEGER;
+ALTER TABLE jobs ADD COLUMN error_status INTEGER;
+CREATE INDEX jobs_by_batch ON jobs (batch_id, line) WHERE batch_id IS NOT NULL;
+
+CREATE TABLE outbox_v2 (
+    id              INTEGER PRIMARY KEY,
+    msg_id          TEXT NOT NULL UNIQUE,
+    job_id          TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    url             TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      REAL NOT NULL,
+    finished_at     REAL
+);
+INSERT INTO outbox_v2 SELECT id, msg_id, job_id, seq, url, type, body, status, attempts,
+    next_attempt_at, last_status, last_error, created_at, finished_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+CREATE INDEX outbox_pending ON outbox (status, next_attempt_at) WHERE status = 'pending';
+CREATE INDEX outbox_by_job ON outbox (job_id, seq)
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 
 def current_version(conn: sqlite3.Connection) -> int:

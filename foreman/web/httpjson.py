@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from foreman.core.errors import BadRequest  # re-exported: routes catch it from here
+from foreman.web.errorbody import Family, error_body, family_of
 
-__all__ = ["BadRequest", "json_error", "json_response", "read_json"]
+__all__ = ["BadRequest", "int_arg", "json_error", "json_response", "read_json", "text_arg"]
 
 
 def json_response(request: Any, body: Any, status: int = 200) -> bytes:
@@ -17,7 +18,11 @@ def json_response(request: Any, body: Any, status: int = 200) -> bytes:
 
 
 def json_error(request: Any, status: int, code: str, message: str) -> bytes:
-    return json_response(request, {"error": {"code": code, "message": message}}, status)
+    """foreman's error shape; OpenAI's on its ``/v1`` routes (files, batches)."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    family = Family.OPENAI if family_of(request.path) is Family.OPENAI else Family.FOREMAN
+    return error_body(family, status, code, message)
 
 
 def read_json(request: Any) -> Any:
@@ -41,3 +46,23 @@ def read_json(request: Any) -> Any:
                 "malformed_json",
             ) from None
     return doc
+
+
+def text_arg(request: Any, name: str) -> str | None:
+    """The last value of query parameter ``name``, or None."""
+    values = request.args.get(name.encode())
+    return values[-1].decode("utf-8", "replace") if values else None
+
+
+def int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; BadRequest names it otherwise."""
+    raw = text_arg(request, name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer", "invalid_parameter") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}", "invalid_parameter")
+    return value

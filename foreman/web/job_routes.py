@@ -19,7 +19,14 @@ from foreman.core.ids import JOB_ID
 from foreman.core.jobstate import JobState
 from foreman.core.jobview import ARTIFACT_TYPES
 from foreman.store.jobs import IdempotencyConflict
-from foreman.web.httpjson import BadRequest, json_error, json_response, read_json
+from foreman.web.httpjson import (
+    BadRequest,
+    int_arg,
+    json_error,
+    json_response,
+    read_json,
+    text_arg,
+)
 from foreman.web.sse import stream_job_events
 from foreman.web.view import DaemonView
 
@@ -29,24 +36,6 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
 _STATES = frozenset(s.value for s in JobState)
 _MAX_WAIT = 300.0
 _MAX_LIMIT = 1000
-
-
-def _arg(request: Any, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    return values[-1].decode("utf-8", "replace") if values else None
-
-
-def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
-    raw = _arg(request, name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer", "invalid_parameter") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}", "invalid_parameter")
-    return value
 
 
 def request_base_url(request: Any, trusted: TrustedProxies) -> str:
@@ -98,19 +87,19 @@ def register(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/jobs", methods=["GET"])
     async def list_jobs(request: Any) -> bytes:
-        state = _arg(request, "state") or None
+        state = text_arg(request, "state") or None
         if state is not None and state not in _STATES:
             raise BadRequest(f"state must be one of {', '.join(sorted(_STATES))}", "invalid_state")
-        after = _arg(request, "after") or None
+        after = text_arg(request, "after") or None
         if after is not None and not JOB_ID.match(after):
             raise BadRequest("after must be a job id (the next_after of a page)", "invalid_cursor")
-        limit = _int_arg(request, "limit", 20, 1, _MAX_LIMIT)
-        page = await jobs.list_page(state, _arg(request, "model") or None, after, limit)
+        limit = int_arg(request, "limit", 20, 1, _MAX_LIMIT)
+        page = await jobs.list_page(state, text_arg(request, "model") or None, after, limit)
         return json_response(request, page)
 
     @app.route("/jobs/<job_id>", methods=["GET"])
     async def get(request: Any, job_id: str) -> bytes:
-        raw_wait = _arg(request, "wait")
+        raw_wait = text_arg(request, "wait")
         wait = 0.0
         if raw_wait:
             try:
@@ -180,5 +169,5 @@ def register(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/queue", methods=["GET"])
     def queue(request: Any) -> bytes:
-        limit = _int_arg(request, "limit", 100, 1, 10000)
+        limit = int_arg(request, "limit", 100, 1, 10000)
         return json_response(request, daemon.queue_view(limit))

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +27,7 @@ from foreman.core.routeclass import classify
 from foreman.store.database import StoreClosed
 from foreman.web.auth import TokenCheck
 from foreman.web.errorbody import Family, error_body, family_of, own_route
+from foreman.web.upload import Upload, UploadTooLarge
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
 
@@ -36,6 +38,9 @@ IDLE_CONNECTION_TIMEOUT = 300
 # connection for as long as it likes. 16 MiB in 120 s is about 1.1 Mbit/s.
 HEAD_DEADLINE = 30.0
 BODY_DEADLINE = 120.0
+# An upload gets BODY_DEADLINE plus its length at this rate (bytes/s): 200 MB in 15 min.
+UPLOAD_MIN_RATE = 256 * 1024
+UPLOAD_PATH = b"/v1/files"
 
 _log = Logger()
 
@@ -107,6 +112,7 @@ class ForemanRequest(Request):
     model: str | None = None
     _reported: bool = False
     started: float = 0.0
+    upload: Upload | None = None  # a POST /v1/files body, streamed to disk
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         channel: Any = self.channel
@@ -121,6 +127,8 @@ class ForemanRequest(Request):
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if self.upload is not None and not self.finished:
+            Deferred.fromCoroutine(self.upload.discard())  # the client went away mid-upload
         if not self._reported:
             self._report(499)  # the client went away first (nginx's convention)
 
@@ -168,10 +176,26 @@ class ForemanRequest(Request):
         self.authorized = self._token_ok(site)
         if self.refused:  # the answer is 401 whatever the body; do not keep it
             length = 0
+        elif site.uploads is not None and self._is_upload():
+            self.upload = site.uploads(self, length)
+            if length is not None and length > self.upload.limit:
+                self.upload.error = UploadTooLarge(self.upload.limit)
+            elif length is not None:  # a large upload may take longer than a JSON body
+                channel.expect("body", BODY_DEADLINE + length / UPLOAD_MIN_RATE)
+            length = 0
         elif length is not None and length > site.max_body:
             self.too_large = True
             length = 0
         super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def _is_upload(self) -> bool:
+        command = getattr(self.channel, "_command", None)
+        path = getattr(self.channel, "_path", None)
+        return (
+            command == b"POST"
+            and isinstance(path, bytes)
+            and path.split(b"?", 1)[0].rstrip(b"/") == UPLOAD_PATH
+        )
 
     @property
     def refused(self) -> bool:
@@ -191,6 +215,9 @@ class ForemanRequest(Request):
         return ok
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self.upload is not None:
+            self.upload.feed(data)
+            return
         if self.too_large or self.refused:
             return
         self._received += len(data)
@@ -261,6 +288,8 @@ class ForemanSite(Site):
         self.tokens = tokens
         self.max_body = max_body
         self.report: Callable[[Any, int], None] | None = None
+        #: (request, declared length) -> Upload for ``POST /v1/files``; None: no uploads
+        self.uploads: Callable[[Any, int | None], Upload] | None = None
 
     def log(self, request: Any) -> None:
         """Access lines come from foreman's own request logging instead."""

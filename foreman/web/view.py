@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from foreman.core.forwarding import TrustedProxies
+from foreman.jobs.batches import BatchService
 from foreman.jobs.service import JobService
 from foreman.ops.metrics import Metrics
 from foreman.store.database import Store
@@ -27,6 +28,9 @@ class DaemonView(Protocol):
 
     @property
     def jobs(self) -> JobService: ...
+
+    @property
+    def batches(self) -> BatchService: ...
 
     @property
     def clock(self) -> IReactorTime: ...

@@ -33,6 +33,8 @@ from foreman.core.forwarding import TrustedProxies
 from foreman.core.ids import JOB_ID
 from foreman.core.scheduler import Scheduler
 from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.batches import BatchService
+from foreman.jobs.files import FileStore
 from foreman.jobs.hub import JobHub, Progress
 from foreman.jobs.service import JobService
 from foreman.ops.metrics import CONTENT_TYPE, Metrics
@@ -84,6 +86,7 @@ class View:
     clock: IReactorTime
     queue: WorkQueue
     worker: Worker
+    batches: BatchService
     public_url: str | None = None
     trusted_proxies: TrustedProxies = attrs.field(
         factory=lambda: TrustedProxies.parse("127.0.0.0/8,::1")
@@ -245,7 +248,18 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         )
         # never started: /queue only reads which model it holds
         worker = Worker(reactor=clock, queue=queue, runner=cast(Any, None), monitor=None)
-        view = View(store, metrics, jobs, clock, queue, worker)
+        batches = BatchService(
+            store=store,
+            jobs=jobs,
+            files=FileStore(artifacts.root.parent / "files"),
+            artifacts=artifacts,
+            reactor=clock,
+            max_lines=100,
+            line_limit=1 << 20,
+            default_webhook=None,
+            check_webhook=_check_webhook,
+        )
+        view = View(store, metrics, jobs, clock, queue, worker, batches)
         yield Api(view, clock, StubTreq(build_app(_as_view(view)).resource()), artifacts)
     finally:
         store.close()
