@@ -135,11 +135,17 @@ class BatchService:
         self.default_webhook = default_webhook
         self._check_webhook = check_webhook
         self.abort_running: Callable[[str], None] = lambda job_id: None
+        self.window = WINDOW  # seconds a batch has to finish: "24h" (tests shorten it)
         self._live: dict[str, _Live] = {}
         self._finishing: set[str] = set()
         self._tasks: set[Deferred[Any]] = set()
         self._stopped = False
         jobs.line_listeners.append(self._line_ended)
+
+    def counts(self, batch_id: str) -> Counts | None:
+        """The live request counts of a batch whose lines may still run, else None."""
+        live = self._live.get(batch_id)
+        return None if live is None else live.counts
 
     def active(self, batch_id: str) -> bool:
         """True while the batch may still run lines or write its output."""
@@ -291,7 +297,7 @@ class BatchService:
             completed_at=None,
             failed_at=None,
             expired_at=None,
-            expires_at=now + WINDOW,
+            expires_at=now + self.window,
             cancelling_at=None,
             cancelled_at=None,
             base_url=base_url,

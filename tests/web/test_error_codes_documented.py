@@ -50,3 +50,38 @@ def test_every_error_code_is_documented() -> None:
     doc = (ROOT / "docs" / "jobs.md").read_text()
     missing = sorted(c for c in codes if f"`{c}`" not in doc)
     assert not missing, f"docs/jobs.md does not list {missing}"
+
+
+BATCH_SOURCES = (
+    "foreman/web/batch_routes.py",
+    "foreman/web/upload.py",
+    "foreman/jobs/batches.py",
+    "foreman/core/batchlines.py",
+)
+
+
+def _batch_codes(path: Path) -> set[str]:
+    """Codes given to BadRequest/json_error/Refused, and the line checker's ``_error`` codes."""
+    found = _codes(path)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name in ("Refused", "_error", "LineError", "UploadTooLarge", "super") and node.args:
+                first = node.args[0]
+                if (
+                    isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                    and CODE.fullmatch(first.value)
+                ):
+                    found.add(first.value)
+    return found
+
+
+def test_every_batch_error_code_is_documented() -> None:
+    codes: set[str] = set()
+    for source in BATCH_SOURCES:
+        codes |= _batch_codes(ROOT / source)
+    assert {"invalid_purpose", "duplicate_custom_id", "file_in_use"} <= codes  # the scan works
+    doc = (ROOT / "docs" / "batches.md").read_text()
+    missing = sorted(c for c in codes if f"`{c}`" not in doc)
+    assert not missing, f"docs/batches.md does not list {missing}"
