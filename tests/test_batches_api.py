@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
@@ -482,5 +483,61 @@ async def test_files_list_get_delete_and_in_use(tmp_path: Path) -> None:
         assert (await stack.get("/v1/batches/batch_nope")).status == 404
         await settle(stack, batch["id"])
         assert (await stack.request("DELETE", f"/v1/files/{second['id']}")).status == 200
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_name_is_kept_safe(tmp_path: Path) -> None:
+    stack = await start_stack(tmp_path, _sim())
+    try:
+        name = 'dir\\sub/ü "quoted".jsonl'
+        body = (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+                f"filename*=UTF-8''{quote(name)}\r\n\r\n"
+            ).encode()
+            + jsonl([chat_line("a")])
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
+        reply = await stack.request(
+            "POST",
+            "/v1/files",
+            raw=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert reply.status == 200, reply.body
+        stored = reply.json()
+        assert stored["filename"] == "ü quoted.jsonl"
+        got = await stack.get(f"/v1/files/{stored['id']}/content")
+        disposition = got.headers.getRawHeaders(b"content-disposition")[0].decode()
+        assert disposition == (
+            "attachment; filename=\"_ quoted.jsonl\"; filename*=UTF-8''%C3%BC%20quoted.jsonl"
+        )
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mixed_batch_and_jobs_are_drained_by_model(tmp_path: Path) -> None:
+    sim = _sim(load_time=0.05, max_loaded=1)
+    stack = await start_stack(tmp_path, sim)
+    try:
+        models = ("llama3.2", "qwen2.5")
+        lines = [chat_line(f"m{i}", models[i % 2]) for i in range(16)]
+        batch = await create(stack, (await upload(stack, lines))["id"])
+        jobs = [
+            await stack.submit(
+                {"model": models[i % 2], "messages": [{"role": "user", "content": "x"}]}
+            )
+            for i in range(4)
+        ]
+        ended = await settle(stack, batch["id"])
+        for job in jobs:
+            await stack.wait_job(job["id"])
+        assert ended["request_counts"]["completed"] == 16
+        # 20 requests over two models, one resident at a time: FIFO would load 20 times
+        assert sim.loads <= 4, sim.loads
     finally:
         await stack.stop()

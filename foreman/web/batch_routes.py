@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.threads import deferToThread
@@ -114,8 +115,10 @@ def register(app: Klein, daemon: DaemonView) -> None:
         try:
             request.setHeader(b"content-type", b"application/jsonl")
             request.setHeader(b"content-length", b"%d" % os.fstat(f.fileno()).st_size)
+            ascii_name = row.filename.encode("ascii", "replace").decode().replace("?", "_")
             request.setHeader(
-                b"content-disposition", f'attachment; filename="{row.filename}"'.encode()
+                b"content-disposition",
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(row.filename)}".encode(),
             )
             if request.method != b"HEAD":
                 # small reads as the client takes them: never the whole file in memory

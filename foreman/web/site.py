@@ -180,8 +180,9 @@ class ForemanRequest(Request):
             self.upload = site.uploads(self, length)
             if length is not None and length > self.upload.limit:
                 self.upload.error = UploadTooLarge(self.upload.limit)
-            elif length is not None:  # a large upload may take longer than a JSON body
-                channel.expect("body", BODY_DEADLINE + length / UPLOAD_MIN_RATE)
+            else:  # a large upload may take longer than a JSON body (chunked: up to the limit)
+                size = self.upload.limit if length is None else length
+                channel.expect("body", BODY_DEADLINE + size / UPLOAD_MIN_RATE)
             length = 0
         elif length is not None and length > site.max_body:
             self.too_large = True

@@ -102,7 +102,7 @@ class Upload:
                 if self.writer is not None:
                     self._fail(BadRequest("the body has more than one file", "invalid_request"))
                     return
-                self.filename = event.filename or "upload.jsonl"
+                self.filename = _safe_name(event.filename)
                 self.writer = self.new_writer()
                 self.writer.on_written = self._caught_up
                 self._current = "file"
@@ -162,3 +162,10 @@ class Upload:
         writer, self.writer = self.writer, None
         if writer is not None:
             await writer.abort()
+
+
+def _safe_name(filename: str) -> str:
+    """The client's file name, cut to its last path part, 255 characters, no control bytes."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '"')[:255]
+    return name or "upload.jsonl"
