@@ -5,6 +5,9 @@
 * :class:`ForemanClient` — the same calls, blocking, for programs without a
   reactor; the reactor runs in a shared background thread.
 
+Both also speak OpenAI's Batch API as foreman serves it (``upload_file``,
+``submit_batch``, ``wait_batch``, ``batch_output`` …).
+
 See ``docs/client.md``.
 """
 
@@ -15,7 +18,9 @@ from foreman.client._blocking import BlockingIterator, ForemanClient
 from foreman.client._errors import (
     ArtifactNotFound,
     BadRequest,
+    BatchNotFound,
     Conflict,
+    FileNotFound,
     ForemanConnectionError,
     ForemanError,
     IdempotencyConflict,
@@ -32,7 +37,22 @@ from foreman.client._errors import (
     Unauthorized,
     WaitTimeout,
 )
-from foreman.client._models import Artifact, Job, JobError, JobEvent, JobPage, JobState
+from foreman.client._models import (
+    Artifact,
+    Batch,
+    BatchCounts,
+    BatchError,
+    BatchPage,
+    BatchResult,
+    BatchStatus,
+    FileObject,
+    FilePage,
+    Job,
+    JobError,
+    JobEvent,
+    JobPage,
+    JobState,
+)
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import AsyncioIterator, EventStream, JobIterator, PullStream
 
@@ -42,9 +62,19 @@ __all__ = [
     "AsyncForemanClient",
     "AsyncioIterator",
     "BadRequest",
+    "Batch",
+    "BatchCounts",
+    "BatchError",
+    "BatchNotFound",
+    "BatchPage",
+    "BatchResult",
+    "BatchStatus",
     "BlockingIterator",
     "Conflict",
     "EventStream",
+    "FileNotFound",
+    "FileObject",
+    "FilePage",
     "ForemanClient",
     "ForemanConnectionError",
     "ForemanError",

@@ -5,32 +5,61 @@ Every call returns a Deferred (awaitable in Twisted coroutines; for asyncio,
 are retried on connection failures with backoff; ``submit`` always sends an
 ``Idempotency-Key`` (a fresh uuid4 unless given), which makes it safe to
 repeat too: a retried submit finds the job the first try created.
+
+OpenAI batches (``/v1/files``, ``/v1/batches``) have calls of their own:
+``upload_file`` streams the file from disk, ``wait_batch`` long-polls with
+foreman's ``?wait=`` extension, ``batch_output`` parses the result lines.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
+import io
+import os
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator, deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from foreman.client._errors import (
+    BatchNotFound,
     Conflict,
+    FileNotFound,
+    ForemanError,
     JobCancelled,
     JobFailed,
     JobNotFound,
     WaitTimeout,
 )
-from foreman.client._models import Job, JobPage, JobState
+from foreman.client._models import (
+    Batch,
+    BatchPage,
+    BatchResult,
+    BatchStatus,
+    FileObject,
+    FilePage,
+    Job,
+    JobPage,
+    JobState,
+    parse_results,
+)
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import EventStream, JobIterator, PullStream
-from foreman.client._transport import Transport, job_path
+from foreman.client._transport import Transport, job_path, v1_path
+from foreman.client._upload import FileArg, MultipartUpload, UploadSource, open_source
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncForemanClient"]
+__all__ = [
+    "DEFAULT_BATCH_ENDPOINT",
+    "DEFAULT_TIMEOUT",
+    "AsyncForemanClient",
+    "batch_timeout",
+    "next_poll",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,6 +70,25 @@ DEFAULT_TIMEOUT = 30.0
 LONG_POLL_SECONDS = 55.0
 # foreman pings an idle event stream every 15 s; silence this long means a dead link.
 EVENT_IDLE_TIMEOUT = 60.0
+DEFAULT_BATCH_ENDPOINT = "/v1/chat/completions"
+# wait_batch asks at most this often: a busy batch changes its counts many times a
+# second, and each change answers a long-poll at once
+MIN_POLL_INTERVAL = 0.5
+
+
+def next_poll(
+    now: float, deadline: float | None, asked: float | None
+) -> tuple[float | None, float]:
+    """For ``wait_batch``: (seconds left or None, pause before asking again).
+
+    ``asked`` is when the previous request went out (None before the first):
+    requests are at least MIN_POLL_INTERVAL apart, and never pause past the deadline.
+    """
+    left = None if deadline is None else max(0.0, deadline - now)
+    pause = 0.0 if asked is None else max(0.0, asked + MIN_POLL_INTERVAL - now)
+    if left is not None:
+        pause = min(pause, left)
+    return left, pause
 
 
 def _deferred(f: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Deferred[R]]:
@@ -283,6 +331,288 @@ class AsyncForemanClient:
 
         return JobIterator(fetch, limit)
 
+    # -- files (OpenAI's /v1/files)
+
+    @_deferred
+    async def upload_file(
+        self, file: FileArg, purpose: str = "batch", filename: str | None = None
+    ) -> FileObject:
+        """Upload a file (a path or a binary file object, read from its current position).
+
+        Streamed from disk in chunks (never read whole); ``filename`` defaults
+        to the path's last part. Not retried once the body went out whole (it
+        would upload twice); PayloadTooLarge (413) when over foreman's limit.
+        """
+        source = open_source(file, filename)
+        try:
+            return await self._upload(source, purpose)
+        finally:
+            source.close()
+
+    @_deferred
+    async def _upload_source(self, source: UploadSource, purpose: str) -> FileObject:
+        return await self._upload(source, purpose)  # the blocking client opens the file
+
+    async def _upload(self, source: UploadSource, purpose: str) -> FileObject:
+        reactor = self._reactor
+        cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+        producer = MultipartUpload(source, {"purpose": purpose}, cooperator=cooperator)
+        try:
+            reply = await self._transport.upload("/v1/files", producer)
+        finally:
+            cooperator.stop()
+        return reply.parse(FileObject.from_dict)
+
+    @_deferred
+    async def get_file(self, file_id: str) -> FileObject:
+        reply = await self._transport.call("GET", v1_path("files", file_id), not_found=FileNotFound)
+        return reply.parse(FileObject.from_dict)
+
+    @_deferred
+    async def list_files(
+        self, purpose: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> FilePage:
+        """One page of files; ``page.next_after`` continues it."""
+        params = _params(purpose=purpose, after=after, limit=limit)
+        reply = await self._transport.call("GET", "/v1/files", params=params)
+        return reply.parse(FilePage.from_dict)
+
+    @_deferred
+    async def file_content(self, file_id: str) -> bytes:
+        """A file's bytes (for a large file, ``download_file`` writes it out as it comes)."""
+        buffer = io.BytesIO()
+
+        def restart() -> None:
+            buffer.seek(0)
+            buffer.truncate()
+
+        await self._transport.download(
+            v1_path("files", file_id, "content"), buffer.write, restart, FileNotFound
+        )
+        return buffer.getvalue()
+
+    @_deferred
+    async def download_file(self, file_id: str, dest: str | os.PathLike[str] | BinaryIO) -> int:
+        """Write a file's bytes to ``dest`` as they arrive; the number of bytes.
+
+        A path is written to ``<dest>.part`` first and renamed when complete
+        (nothing is left behind on failure); a binary file object is written
+        from its current position and left open.
+        """
+        path = v1_path("files", file_id, "content")
+        if not isinstance(dest, str | os.PathLike):
+            start = dest.tell() if _seekable(dest) else None
+
+            def rewind() -> None:
+                assert start is not None
+                dest.seek(start)
+                dest.truncate()
+
+            return await self._transport.download(
+                path, dest.write, rewind if start is not None else None, FileNotFound
+            )
+        partial = _PartialFile(os.fspath(dest))
+        try:
+            size = await self._transport.download(
+                path, partial.write, partial.restart, FileNotFound
+            )
+        except BaseException:
+            partial.discard()
+            raise
+        partial.commit()
+        return size
+
+    @_deferred
+    async def delete_file(self, file_id: str) -> None:
+        """Delete a file; Conflict while it is the input of a running batch."""
+        try:
+            await self._transport.call("DELETE", v1_path("files", file_id), not_found=FileNotFound)
+        except FileNotFound as e:
+            if e.attempt == 1:  # else an earlier try deleted it and its reply was lost
+                raise
+
+    # -- batches (OpenAI's /v1/batches)
+
+    @_deferred
+    async def create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str = DEFAULT_BATCH_ENDPOINT,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+        completion_window: str = "24h",
+    ) -> Batch:
+        """Start a batch over an uploaded JSONL file (``purpose="batch"``).
+
+        ``webhook_url`` goes into ``metadata`` (foreman then sends ``batch.*``
+        webhooks there). Not retried after the request went out.
+        """
+        return await self._create_batch(
+            input_file_id, endpoint, metadata, webhook_url, completion_window
+        )
+
+    async def _create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        metadata: Mapping[str, str] | None,
+        webhook_url: str | None,
+        completion_window: str,
+    ) -> Batch:
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        meta = dict(metadata or {})
+        if webhook_url is not None:
+            meta["webhook_url"] = webhook_url
+        if meta:
+            body["metadata"] = meta
+        reply = await self._transport.call(
+            "POST", "/v1/batches", body=body, retry=False, not_found=FileNotFound
+        )
+        return reply.parse(Batch.from_dict)
+
+    @_deferred
+    async def submit_batch(
+        self,
+        file: FileArg,
+        endpoint: str = DEFAULT_BATCH_ENDPOINT,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> Batch:
+        """Upload a JSONL file and start a batch over it (``upload_file`` + ``create_batch``)."""
+        source = open_source(file)
+        try:
+            uploaded = await self._upload(source, "batch")
+        finally:
+            source.close()
+        return await self._create_batch(uploaded.id, endpoint, metadata, webhook_url, "24h")
+
+    @_deferred
+    async def _submit_source(
+        self,
+        source: UploadSource,
+        endpoint: str,
+        metadata: Mapping[str, str] | None,
+        webhook_url: str | None,
+    ) -> Batch:
+        uploaded = await self._upload(source, "batch")
+        return await self._create_batch(uploaded.id, endpoint, metadata, webhook_url, "24h")
+
+    @_deferred
+    async def get_batch(self, batch_id: str) -> Batch:
+        return await self._get_batch(batch_id)
+
+    async def _get_batch(
+        self, batch_id: str, wait: float | None = None, last: Batch | None = None
+    ) -> Batch:
+        params = None
+        timeout = None
+        if wait is not None and last is not None:
+            params = {
+                "wait": f"{max(0.0, wait):.3f}",
+                "status": last.status.value,
+                "done": str(last.request_counts.done),
+            }
+            timeout = wait + self._transport.timeout
+        reply = await self._transport.call(
+            "GET",
+            v1_path("batches", batch_id),
+            params=params,
+            timeout=timeout,
+            not_found=BatchNotFound,
+        )
+        return reply.parse(Batch.from_dict)
+
+    @_deferred
+    async def list_batches(self, after: str | None = None, limit: int | None = 20) -> BatchPage:
+        """One page of batches, newest first; ``page.next_after`` continues it."""
+        params = _params(after=after, limit=limit)
+        reply = await self._transport.call("GET", "/v1/batches", params=params)
+        return reply.parse(BatchPage.from_dict)
+
+    @_deferred
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel a batch: ``cancelling`` until its running line stops, then ``cancelled``."""
+        path = v1_path("batches", batch_id, "cancel")
+        try:
+            reply = await self._transport.call("POST", path, not_found=BatchNotFound)
+        except Conflict as e:
+            if e.attempt > 1:  # an earlier try cancelled it; its reply was lost
+                batch = await self._get_batch(batch_id)
+                if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+                    return batch
+            raise
+        return reply.parse(Batch.from_dict)
+
+    @_deferred
+    async def wait_batch(
+        self,
+        batch_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[Batch], None] | None = None,
+    ) -> Batch:
+        """The batch once it is completed, failed, expired or cancelled.
+
+        Long-polls (``?wait=`` with the last seen status and count: foreman
+        answers when either changes), so no busy polling; ``on_progress`` is
+        called with every batch seen, the first and the final one included.
+        Raises WaitTimeout (``e.batch`` is the last seen) after ``timeout`` s;
+        the batch itself goes on.
+        """
+        clock = self._reactor
+        deadline = None if timeout is None else clock.seconds() + timeout
+        batch: Batch | None = None
+        asked: float | None = None
+        while True:
+            if batch is not None and deadline is not None and clock.seconds() >= deadline:
+                raise batch_timeout(batch, timeout or 0.0)
+            now = clock.seconds()
+            left, pause = next_poll(now, deadline, asked)
+            asked = now + pause
+            batch = await self._batch_step(batch_id, batch, left, pause)
+            if on_progress is not None:
+                on_progress(batch)
+            if batch.terminal:
+                return batch
+
+    @_deferred
+    async def _batch_step(
+        self, batch_id: str, last: Batch | None, left: float | None, pause: float
+    ) -> Batch:
+        """One look for wait_batch: at once the first time, then a long-poll for a change."""
+        if last is None:
+            return await self._get_batch(batch_id)
+        if pause > 0:
+            await deferLater(self._reactor, pause, lambda: None)
+        chunk = (
+            LONG_POLL_SECONDS if left is None else max(0.0, min(LONG_POLL_SECONDS, left - pause))
+        )
+        return await self._get_batch(batch_id, wait=chunk, last=last)
+
+    @_deferred
+    async def batch_output(self, batch_id: str, errors: bool = False) -> builtins.list[BatchResult]:
+        """The result lines of the batch's output file (``errors``: of its error file).
+
+        An empty list while the batch has no such file (not finished, or no
+        line ended that way).
+        """
+        batch = await self._get_batch(batch_id)
+        file_id = batch.error_file_id if errors else batch.output_file_id
+        if file_id is None:
+            return []
+        data = await self.file_content(file_id)
+        try:
+            return parse_results(data)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ForemanError(
+                f"file {file_id} is not a batch result file: {e}", code="bad_reply"
+            ) from e
+
     # -- lifetime
 
     def _track(self, stream: EventStream | PullStream) -> None:
@@ -302,3 +632,45 @@ class AsyncForemanClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _params(**given: str | int | None) -> dict[str, str]:
+    return {name: str(value) for name, value in given.items() if value is not None}
+
+
+def _seekable(file: BinaryIO) -> bool:
+    try:
+        return bool(file.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def batch_timeout(batch: Batch, timeout: float) -> WaitTimeout:
+    return WaitTimeout(
+        f"batch {batch.id} still {batch.status.value} after {timeout:g} s", batch=batch
+    )
+
+
+class _PartialFile:
+    """``<path>.part``, renamed to ``path`` once complete, removed on failure."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.partial = path + ".part"
+        self._file = open(self.partial, "wb")  # noqa: SIM115 (closed by commit or discard)
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def restart(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+
+    def commit(self) -> None:
+        self._file.close()
+        os.replace(self.partial, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.partial)

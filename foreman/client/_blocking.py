@@ -7,18 +7,38 @@ the process, so any number of threads may call at once.
 
 from __future__ import annotations
 
+import builtins
+import os
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 
-from foreman.client._async import DEFAULT_TIMEOUT, AsyncForemanClient
-from foreman.client._models import Job, JobEvent, JobPage, JobState
+from foreman.client._async import (
+    DEFAULT_BATCH_ENDPOINT,
+    DEFAULT_TIMEOUT,
+    AsyncForemanClient,
+    batch_timeout,
+    next_poll,
+)
+from foreman.client._models import (
+    Batch,
+    BatchPage,
+    BatchResult,
+    FileObject,
+    FilePage,
+    Job,
+    JobEvent,
+    JobPage,
+    JobState,
+)
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import DeferredIterator, EventStream, PullStream
 from foreman.client._thread import reactor_for_blocking
+from foreman.client._upload import FileArg, open_source
 from foreman.client._url import base_url as base_url_of
 
 __all__ = ["BlockingIterator", "ForemanClient"]
@@ -176,6 +196,108 @@ class ForemanClient:
             lambda c: succeed(c.list(state, model, limit, page_size=page_size))
         )
         return BlockingIterator(self, source)
+
+    # -- files and batches
+
+    def upload_file(
+        self, file: FileArg, purpose: str = "batch", filename: str | None = None
+    ) -> FileObject:
+        source = open_source(file, filename)  # opened (or spooled) on this thread
+        try:
+            return self._in_reactor(lambda c: c._upload_source(source, purpose))
+        finally:
+            source.close()
+
+    def get_file(self, file_id: str) -> FileObject:
+        return self._in_reactor(lambda c: c.get_file(file_id))
+
+    def list_files(
+        self, purpose: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> FilePage:
+        return self._in_reactor(lambda c: c.list_files(purpose, after, limit))
+
+    def file_content(self, file_id: str) -> bytes:
+        return self._in_reactor(lambda c: c.file_content(file_id))
+
+    def download_file(self, file_id: str, dest: str | os.PathLike[str] | BinaryIO) -> int:
+        return self._in_reactor(lambda c: c.download_file(file_id, dest))
+
+    def delete_file(self, file_id: str) -> None:
+        self._in_reactor(lambda c: c.delete_file(file_id))
+
+    def create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str = DEFAULT_BATCH_ENDPOINT,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+        completion_window: str = "24h",
+    ) -> Batch:
+        return self._in_reactor(
+            lambda c: c.create_batch(
+                input_file_id,
+                endpoint,
+                metadata=metadata,
+                webhook_url=webhook_url,
+                completion_window=completion_window,
+            )
+        )
+
+    def submit_batch(
+        self,
+        file: FileArg,
+        endpoint: str = DEFAULT_BATCH_ENDPOINT,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+    ) -> Batch:
+        source = open_source(file)
+        try:
+            return self._in_reactor(
+                lambda c: c._submit_source(source, endpoint, metadata, webhook_url)
+            )
+        finally:
+            source.close()
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self._in_reactor(lambda c: c.get_batch(batch_id))
+
+    def list_batches(self, after: str | None = None, limit: int | None = 20) -> BatchPage:
+        return self._in_reactor(lambda c: c.list_batches(after, limit))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return self._in_reactor(lambda c: c.cancel_batch(batch_id))
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[Batch], None] | None = None,
+    ) -> Batch:
+        """As AsyncForemanClient.wait_batch; ``on_progress`` is called on this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        batch: Batch | None = None
+        asked: float | None = None
+        while True:
+            now = time.monotonic()
+            if batch is not None and deadline is not None and now >= deadline:
+                raise batch_timeout(batch, timeout or 0.0)
+            left, pause = next_poll(now, deadline, asked)
+            asked = now + pause
+            batch = self._batch_step(batch_id, batch, left, pause)
+            if on_progress is not None:
+                on_progress(batch)
+            if batch.terminal:
+                return batch
+
+    def _batch_step(
+        self, batch_id: str, last: Batch | None, left: float | None, pause: float
+    ) -> Batch:
+        return self._in_reactor(lambda c: c._batch_step(batch_id, last, left, pause))
+
+    def batch_output(self, batch_id: str, errors: bool = False) -> builtins.list[BatchResult]:
+        return self._in_reactor(lambda c: c.batch_output(batch_id, errors))
 
     def close(self) -> None:
         """Close this client's connections (the shared reactor thread keeps running)."""

@@ -11,12 +11,14 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from foreman.client._models import Job
+    from foreman.client._models import Batch, Job
 
 __all__ = [
     "ArtifactNotFound",
     "BadRequest",
+    "BatchNotFound",
     "Conflict",
+    "FileNotFound",
     "ForemanConnectionError",
     "ForemanError",
     "IdempotencyConflict",
@@ -71,8 +73,20 @@ class ArtifactNotFound(NotFound):
     """404: the job exists but has no artifact of that name (yet)."""
 
 
+class BatchNotFound(NotFound):
+    """404: no such batch (``/v1/batches/{id}``)."""
+
+
+class FileNotFound(NotFound):
+    """404: no such file (``/v1/files/{id}``): never uploaded, or deleted."""
+
+
 class Conflict(ForemanError):
-    """409: the job is in a state that does not allow this (cancel a finished job …)."""
+    """409: the job is in a state that does not allow this (cancel a finished job …).
+
+    Also a batch's (cancel a finished batch) or a file's (delete the input of a
+    running batch).
+    """
 
 
 class IdempotencyConflict(Conflict):
@@ -123,11 +137,16 @@ class InvalidURL(ForemanError, ValueError):
 
 
 class WaitTimeout(ForemanError, TimeoutError):
-    """``wait``/``run`` gave up before the job finished; the job keeps running."""
+    """``wait``/``run``/``wait_batch`` gave up before the job (batch) finished; it keeps running.
 
-    def __init__(self, message: str, job: Job | None = None) -> None:
+    ``job`` is the last job seen (``wait``/``run``), ``batch`` the last batch
+    seen (``wait_batch``).
+    """
+
+    def __init__(self, message: str, job: Job | None = None, *, batch: Batch | None = None) -> None:
         super().__init__(message, code="wait_timeout")
         self.job = job
+        self.batch = batch
 
 
 class _JobEnded(ForemanError):
@@ -188,8 +207,26 @@ def _code_and_message(status: int, body: bytes) -> tuple[str, str]:
     return f"http_{status}", text[:500]
 
 
-def error_from_reply(status: int, body: bytes, headers: dict[str, str]) -> ForemanError:
-    """The exception for an HTTP error reply (``headers`` with lower-case names)."""
+_NOT_FOUND: dict[str, type[NotFound]] = {
+    "job_not_found": JobNotFound,
+    "artifact_not_found": ArtifactNotFound,
+    "batch_not_found": BatchNotFound,
+    "file_not_found": FileNotFound,
+}
+
+
+def error_from_reply(
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    not_found: type[NotFound] | None = None,
+) -> ForemanError:
+    """The exception for an HTTP error reply (``headers`` with lower-case names).
+
+    ``not_found`` is what a 404 means on the route asked (BatchNotFound on
+    ``/v1/batches/{id}`` …) when the code does not say: OpenAI-shaped errors
+    carry a generic code or only a ``type``.
+    """
     code, message = _code_and_message(status, body)
     kind: type[ForemanError] = ForemanError
     if status == 400:
@@ -197,9 +234,7 @@ def error_from_reply(status: int, body: bytes, headers: dict[str, str]) -> Forem
     elif status == 401:
         kind = Unauthorized
     elif status == 404:
-        kind = {"job_not_found": JobNotFound, "artifact_not_found": ArtifactNotFound}.get(
-            code, NotFound
-        )
+        kind = _NOT_FOUND.get(code) or not_found or NotFound
     elif status == 409:
         kind = IdempotencyConflict if code == "idempotency_conflict" else Conflict
     elif status == 413:

@@ -1,17 +1,24 @@
-"""Text for the command line (pure): job summaries, tables, progress lines, answer text."""
+"""Text for the command line (pure): job and batch summaries, tables, progress lines, answers."""
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from foreman.client._models import Job
+from foreman.client._models import Batch, BatchStatus, Job
 
 __all__ = [
+    "RateMeter",
     "answer_text",
+    "batch_line",
+    "batch_summary",
+    "batch_table",
     "build_request",
+    "duration",
+    "grouped",
     "human_bytes",
     "job_line",
     "job_summary",
@@ -165,3 +172,146 @@ def pull_bar(model: str, progress: dict[str, Any], width: int = 80) -> str:
     filled = int(bar_width * fraction)
     line = f"{head}[{'#' * filled}{'-' * (bar_width - filled)}]{tail}"
     return line[:width]
+
+
+# -- batches
+
+
+def grouped(n: int) -> str:
+    """``1 234 567``: thousands apart, readable at a glance in a progress line."""
+    return f"{n:,}".replace(",", " ")
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m56s``, ``1h02m``, ``2d03h``."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    if total < 86400:
+        return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
+
+
+def _rate_text(rate: float) -> str:
+    if rate >= 0.1:
+        return f"{rate:.1f}/s"
+    return f"{rate * 60:.1f}/min"
+
+
+class RateMeter:
+    """Lines per second from observed progress, over the last ``window`` seconds.
+
+    ``add(time, done)`` records an observation (``done`` = completed + failed);
+    ``rate`` is None until two observations some time apart show progress.
+    The oldest observation inside the window (and one just before it) is the
+    baseline, so the rate follows a batch that speeds up or stalls.
+    """
+
+    def __init__(self, window: float = 60.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, done: int) -> None:
+        if self._samples and done < self._samples[-1][1]:
+            self._samples.clear()  # a count went back (another batch?): start over
+        self._samples.append((at, done))
+        while len(self._samples) > 2 and self._samples[1][0] <= at - self._window:
+            self._samples.popleft()
+
+    @property
+    def rate(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
+        if t1 <= t0 or d1 <= d0:
+            return None
+        return (d1 - d0) / (t1 - t0)
+
+    def eta(self, total: int, done: int) -> float | None:
+        """Seconds until ``total`` at the current rate (None while it is unknown)."""
+        if done >= total:
+            return 0.0
+        rate = self.rate
+        return None if rate is None else (total - done) / rate
+
+
+def batch_line(
+    batch: Batch, rate: float | None = None, eta: float | None = None, elapsed: float | None = None
+) -> str:
+    """One progress line: ``batch_… in_progress  1 234/10 000 done, 3 failed  41.2/s  ETA 3m56s``.
+
+    Rate and ETA are shown while lines run (``ETA —`` until a rate is known);
+    ``elapsed`` (the final line) is how long it was followed.
+    """
+    parts = [batch.id, batch.status.value]
+    counts = batch.request_counts
+    if counts.total or batch.status is not BatchStatus.VALIDATING:
+        progress = f"{grouped(counts.done)}/{grouped(counts.total)} done"
+        if counts.failed:
+            progress += f", {grouped(counts.failed)} failed"
+        parts.append(progress)
+    if batch.status is BatchStatus.IN_PROGRESS:
+        if rate is not None:
+            parts.append(_rate_text(rate))
+        parts.append(f"ETA {duration(eta) if eta is not None else '—'}")
+    if elapsed is not None:
+        parts.append(f"in {duration(elapsed)}")
+    return "  ".join(parts)
+
+
+def batch_summary(batch: Batch) -> str:
+    counts = batch.request_counts
+    requests = f"{grouped(counts.total)} total, {grouped(counts.completed)} completed"
+    requests += f", {grouped(counts.failed)} failed"
+    rows = [
+        ("id", batch.id),
+        ("status", batch.status.value),
+        ("endpoint", batch.endpoint),
+        ("input", batch.input_file_id),
+        ("requests", requests),
+        ("output", batch.output_file_id or "-"),
+        ("errors", batch.error_file_id or "-"),
+        ("created", _when(batch.created_at)),
+    ]
+    if batch.in_progress_at is not None:
+        rows.append(("started", _when(batch.in_progress_at)))
+    if batch.finished_at is not None:
+        rows.append((batch.status.value, _when(batch.finished_at)))
+    elif batch.expires_at is not None:
+        rows.append(("expires", _when(batch.expires_at)))
+    if batch.usage:
+        tokens = [
+            f"{batch.usage[k]} {k.removesuffix('_tokens')}"
+            for k in ("input_tokens", "output_tokens", "total_tokens")
+            if isinstance(batch.usage.get(k), int)
+        ]
+        if tokens:
+            rows.append(("tokens", ", ".join(tokens)))
+    if batch.metadata:
+        rows.append(("metadata", json.dumps(batch.metadata)))
+    for error in batch.errors:
+        rows.append(("error", str(error)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def batch_table(batches: Iterable[Batch]) -> str:
+    header = ("ID", "STATUS", "ENDPOINT", "DONE", "FAILED", "CREATED")
+    rows = [header] + [
+        (
+            b.id,
+            b.status.value,
+            b.endpoint,
+            f"{b.request_counts.done}/{b.request_counts.total}",
+            str(b.request_counts.failed),
+            _when(b.created_at),
+        )
+        for b in batches
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

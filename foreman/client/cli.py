@@ -1,8 +1,9 @@
-"""The ``foreman`` command: submit and follow jobs, fetch artifacts, pull models.
+"""The ``foreman`` command: submit and follow jobs and batches, fetch artifacts, pull models.
 
 Exit status, distinct so scripts can tell "fix the command" from "the job
 failed" from "try again later": 0 success; 1 the job failed or was cancelled
-(or did not finish in ``--timeout``), or a pull failed; 2 a usage or
+(or did not finish in ``--timeout``), a batch ended failed, expired or
+cancelled (or has no such output file yet), or a pull failed; 2 a usage or
 configuration error (bad arguments, an unusable URL, an unreadable request
 file) or foreman refused the request (HTTP 401, 404, 409 …); 3 foreman could
 not be reached (connection refused, DNS failure, timeout, connection lost);
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from foreman import __version__
+from foreman.client._async import DEFAULT_BATCH_ENDPOINT
 from foreman.client._blocking import ForemanClient
 from foreman.client._errors import (
     ForemanConnectionError,
@@ -35,11 +37,17 @@ from foreman.client._errors import (
     JobCancelled,
     JobFailed,
     PullFailed,
+    WaitTimeout,
 )
-from foreman.client._models import Job, JobState
+from foreman.client._models import Batch, BatchStatus, Job, JobState
 from foreman.client._render import (
+    RateMeter,
     answer_text,
+    batch_line,
+    batch_summary,
+    batch_table,
     build_request,
+    grouped,
     job_line,
     job_summary,
     job_table,
@@ -51,16 +59,19 @@ __all__ = ["main", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK = 0
-EXIT_JOB = 1  # the job failed, was cancelled or did not finish in time; a pull failed
+EXIT_JOB = 1  # the job (batch) failed, was cancelled or did not finish in time; a pull failed
 EXIT_USAGE = 2  # fix the command: arguments, URL, request file; or foreman said no (HTTP 4xx/5xx)
 EXIT_UNREACHABLE = 3  # no reply from foreman: refused, DNS, timeout, connection lost
 EXIT_INTERRUPTED = 130
 EXIT_STATUS = (
-    "Exit status: 0 ok; 1 job failed, cancelled or unfinished, or a pull failed; "
+    "Exit status: 0 ok; 1 job or batch failed, cancelled or unfinished, or a pull failed; "
     "2 usage or configuration error, or foreman refused the request (HTTP 4xx/5xx); "
     "3 foreman unreachable (connection refused, DNS, timeout); 130 interrupted."
 )
 _STATES = [s.value for s in JobState]
+# off a terminal, a batch's progress line at most this often (a status change always)
+BATCH_PLAIN_INTERVAL = 5.0
+BATCH_PAGE = 100  # the most one GET /v1/batches returns
 
 
 class Live:
@@ -163,6 +174,31 @@ class Cli:
         if not job.terminal:
             raise _NotFinished(f"job {job.id} still {job.state.value} after {timeout:g} s")
         return job
+
+    def follow_batch(self, batch_id: str, timeout: float | None) -> Batch:
+        """Show the batch's progress live (done/total, rate, ETA) until it ends; return it."""
+        live = Live(self.stderr, interval=BATCH_PLAIN_INTERVAL)
+        meter = RateMeter()
+        start = time.monotonic()
+        last: list[BatchStatus] = []  # the status shown last (a change is always printed)
+
+        def show(batch: Batch) -> None:
+            if batch.terminal:  # the final line, with how long it took, comes below
+                return
+            counts = batch.request_counts
+            meter.add(time.monotonic(), counts.done)
+            changed = last != [batch.status]
+            last[:] = [batch.status]
+            line = batch_line(batch, meter.rate, meter.eta(counts.total, counts.done))
+            live.show(line, important=changed)
+
+        try:
+            final = self.client.wait_batch(batch_id, timeout, on_progress=show)
+        except WaitTimeout as e:
+            live.done()
+            raise _NotFinished(e.message) from None
+        live.done(batch_line(final, elapsed=time.monotonic() - start))
+        return final
 
 
 class _NotFinished(Exception):
@@ -340,6 +376,133 @@ def _job_ended(cli: Cli, job: Job, quiet: bool = False) -> int:
     return EXIT_JOB
 
 
+# -- batches
+
+
+def cmd_batch(cli: Cli) -> int:
+    """``foreman batch`` alone: its commands."""
+    cli.args.command_parser.print_help(cli.stderr)
+    return EXIT_USAGE
+
+
+def cmd_batch_submit(cli: Cli) -> int:
+    args = cli.args
+    metadata = dict(args.metadata) if args.metadata else None
+    if args.file == "-":  # a pipe: spooled to a temporary file (the length goes first)
+        uploaded = cli.client.upload_file(sys.stdin.buffer, filename="stdin.jsonl")
+        batch = cli.client.create_batch(
+            uploaded.id, args.endpoint, metadata=metadata, webhook_url=args.webhook_url
+        )
+    else:
+        batch = cli.client.submit_batch(
+            args.file, args.endpoint, metadata=metadata, webhook_url=args.webhook_url
+        )
+    if not args.wait:
+        if args.json:
+            cli.print_json(batch.raw)
+        else:
+            cli.print(batch.id)
+        return EXIT_OK
+    return _batch_ended(cli, cli.follow_batch(batch.id, args.timeout))
+
+
+def cmd_batch_wait(cli: Cli) -> int:
+    return _batch_ended(cli, cli.follow_batch(cli.args.id, cli.args.timeout))
+
+
+def cmd_batch_get(cli: Cli) -> int:
+    batch = cli.client.get_batch(cli.args.id)
+    if cli.args.json:
+        cli.print_json(batch.raw)
+    else:
+        cli.print(batch_summary(batch))
+    return EXIT_OK
+
+
+def cmd_batch_list(cli: Cli) -> int:
+    wanted = cli.args.limit or None  # 0: all
+    batches: list[Batch] = []
+    after = cli.args.after
+    while wanted is None or len(batches) < wanted:
+        size = BATCH_PAGE if wanted is None else min(BATCH_PAGE, wanted - len(batches))
+        page = cli.client.list_batches(after=after, limit=size)
+        batches.extend(page.batches)
+        if page.next_after is None or not page.batches:
+            break
+        after = page.next_after
+    if wanted is not None:
+        batches = batches[:wanted]
+    if cli.args.json:
+        cli.print_json([b.raw for b in batches])
+    elif batches:
+        cli.print(batch_table(batches))
+    else:
+        cli.stderr.write("no batches\n")
+    return EXIT_OK
+
+
+def cmd_batch_cancel(cli: Cli) -> int:
+    batch = cli.client.cancel_batch(cli.args.id)
+    if cli.args.json:
+        cli.print_json(batch.raw)
+    else:
+        cli.print(f"{batch.id} {batch.status.value}")
+    return EXIT_OK
+
+
+def cmd_batch_output(cli: Cli) -> int:
+    args = cli.args
+    batch = cli.client.get_batch(args.id)
+    kind = "error" if args.errors else "output"
+    file_id = batch.error_file_id if args.errors else batch.output_file_id
+    if file_id is None:
+        status = batch.status.value
+        if not batch.terminal:
+            why = f"it is still {status}"
+        elif args.errors:
+            why = f"it is {status} and no line failed"
+        else:
+            why = f"it is {status} and no line completed"
+        cli.stderr.write(f"foreman: batch {batch.id} has no {kind} file: {why}\n")
+        return EXIT_JOB
+    if args.output and args.output != "-":
+        cli.client.download_file(file_id, args.output)
+        return EXIT_OK
+    out = getattr(cli.stdout, "buffer", None)
+    if out is not None:
+        cli.stdout.flush()
+        cli.client.download_file(file_id, out)
+        out.flush()
+    else:
+        cli.stdout.write(cli.client.file_content(file_id).decode("utf-8", "replace"))
+    return EXIT_OK
+
+
+def _batch_ended(cli: Cli, batch: Batch) -> int:
+    """Print the final batch; 0 when it completed (failed lines are counted), else 1."""
+    if cli.args.json:
+        cli.print_json(batch.raw)
+    else:
+        cli.print(batch_summary(batch))
+    counts = batch.request_counts
+    if batch.status is BatchStatus.COMPLETED:
+        if counts.failed:
+            cli.stderr.write(
+                f"foreman: {grouped(counts.failed)} of {grouped(counts.total)} lines failed; "
+                f"see foreman batch output {batch.id} --errors\n"
+            )
+        return EXIT_OK
+    cli.stderr.write(f"foreman: batch {batch.id} {batch.status.value}\n")
+    for error in batch.errors[:_ERRORS_SHOWN]:
+        cli.stderr.write(f"foreman: {error}\n")
+    if len(batch.errors) > _ERRORS_SHOWN:
+        cli.stderr.write(f"foreman: … and {len(batch.errors) - _ERRORS_SHOWN} more errors\n")
+    return EXIT_JOB
+
+
+_ERRORS_SHOWN = 5
+
+
 class _Usage(Exception):
     pass
 
@@ -376,6 +539,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _pair(text: str) -> tuple[str, str]:
+    """argparse type: ``key=value``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, not {text!r}")
+    return key, value
+
+
 def _common() -> argparse.ArgumentParser:
     """Options accepted before and after the command (``foreman list --json``)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -399,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foreman",
         parents=[common],
-        description="Submit and follow foreman jobs, fetch their artifacts, pull models.",
+        description="Submit and follow foreman jobs and batches, fetch their results, pull models.",
         epilog=EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"foreman {__version__}")
@@ -453,7 +624,64 @@ def build_parser() -> argparse.ArgumentParser:
     pull = command("pull", cmd_pull, "pull models onto the target through foreman")
     pull.add_argument("models", nargs="+", metavar="MODEL")
     pull.add_argument("--insecure", action="store_true", help="allow an insecure registry")
+
+    _batch_parsers(command("batch", cmd_batch, "OpenAI batches: submit a JSONL file, follow it"))
     return parser
+
+
+def _batch_parsers(batch: argparse.ArgumentParser) -> None:
+    common = _common()
+    commands = batch.add_subparsers(dest="batch_command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, parents=[common], help=help, description=help, epilog=EXIT_STATUS
+        )
+        sub.set_defaults(handler=handler, command_parser=sub)
+        return sub
+
+    submit = command(
+        "submit", cmd_batch_submit, "upload a JSONL file and start a batch (optionally wait)"
+    )
+    submit.add_argument("file", help="the input: one request per line (- reads stdin)")
+    submit.add_argument(
+        "--endpoint",
+        default=DEFAULT_BATCH_ENDPOINT,
+        help=f"the route every line goes to (default {DEFAULT_BATCH_ENDPOINT})",
+    )
+    submit.add_argument(
+        "--metadata",
+        type=_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="metadata kept with the batch (repeat for more)",
+    )
+    submit.add_argument("--webhook-url", help="send batch.* webhooks to this URL")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow it live and print a summary at the end"
+    )
+    submit.add_argument("--timeout", type=_seconds, help="with --wait: give up after N seconds")
+
+    get = command("get", cmd_batch_get, "show a batch")
+    get.add_argument("id")
+
+    lister = command("list", cmd_batch_list, "list batches, newest first")
+    lister.add_argument("--limit", type=_count, default=20, help="at most N batches (0: all)")
+    lister.add_argument("--after", help="start after this batch id (the next page)")
+
+    wait = command("wait", cmd_batch_wait, "follow a batch live until it ends")
+    wait.add_argument("id")
+    wait.add_argument("--timeout", type=_seconds, help="give up after N seconds")
+
+    cancel = command("cancel", cmd_batch_cancel, "cancel a batch (its finished lines are kept)")
+    cancel.add_argument("id")
+
+    output = command(
+        "output", cmd_batch_output, "write a batch's output (or error) file to stdout or a file"
+    )
+    output.add_argument("id")
+    output.add_argument("--errors", action="store_true", help="the error file instead")
+    output.add_argument("-o", "--output", help="write to this file instead of stdout")
 
 
 def run(
