@@ -107,7 +107,7 @@ class LineChecker:
                 "too_many_requests",
                 f"the file has more than {self.max_lines} requests (FOREMAN_BATCH_MAX_LINES)",
             )
-        if len(raw) > self.line_limit:
+        if len(raw.rstrip(b"\r\n")) > self.line_limit:
             self._error("line_too_long", f"the line is over {self.line_limit} bytes")
             return None
         try:

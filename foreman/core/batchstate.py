@@ -74,6 +74,7 @@ class IllegalBatchTransition(ValueError):
 def step(status: BatchStatus, ending: BatchStatus | None, event: BatchEvent) -> Step:
     """What ``event`` does to a batch in ``status`` (finishing toward ``ending``)."""
     status, event = BatchStatus(status), BatchEvent(event)
+    ending = BatchStatus(ending) if ending is not None else None  # the row stores text
     S, E = BatchStatus, BatchEvent
     if status is S.VALIDATING:
         if event is E.VALID:

@@ -64,7 +64,11 @@ _CREATE_FIELDS = frozenset(
 
 
 class NotFound(Exception):
-    """No such batch or file (404)."""
+    """No such batch or file (404): ``code`` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Refused(Exception):
@@ -172,10 +176,10 @@ class BatchService:
 
     async def file_row(self, file_id: str) -> FileRow:
         if not FILE_ID.match(file_id):
-            raise NotFound(f"no file {file_id!r}")
+            raise NotFound("file_not_found", f"no file {file_id!r}")
         row: FileRow | None = await self.store.read(sql.get_file, file_id)
         if row is None:
-            raise NotFound(f"no file {file_id!r}")
+            raise NotFound("file_not_found", f"no file {file_id!r}")
         return row
 
     async def list_files(
@@ -186,10 +190,10 @@ class BatchService:
 
     async def delete_file(self, file_id: str) -> dict[str, Any]:
         if not FILE_ID.match(file_id):
-            raise NotFound(f"no file {file_id!r}")
+            raise NotFound("file_not_found", f"no file {file_id!r}")
         outcome = await self.store.write(sql.delete_file, file_id)
         if outcome == "missing":
-            raise NotFound(f"no file {file_id!r}")
+            raise NotFound("file_not_found", f"no file {file_id!r}")
         if outcome == "in_use":
             raise Refused("file_in_use", f"file {file_id} is the input of a running batch")
         await self.files.delete(file_id)
@@ -199,10 +203,10 @@ class BatchService:
 
     async def row(self, batch_id: str) -> BatchRow:
         if not BATCH_ID.match(batch_id):
-            raise NotFound(f"no batch {batch_id!r}")
+            raise NotFound("batch_not_found", f"no batch {batch_id!r}")
         row: BatchRow | None = await self.store.read(sql.get_batch, batch_id)
         if row is None:
-            raise NotFound(f"no batch {batch_id!r}")
+            raise NotFound("batch_not_found", f"no batch {batch_id!r}")
         return row
 
     def render(self, row: BatchRow) -> dict[str, Any]:

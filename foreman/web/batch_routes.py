@@ -55,7 +55,8 @@ def register(app: Klein, daemon: DaemonView) -> None:
 
     @app.handle_errors(NotFound)
     def batch_not_found(request: Any, failure: Any) -> bytes:
-        return json_error(request, 404, "not_found", str(failure.value))
+        e: NotFound = failure.value
+        return json_error(request, 404, e.code, str(e))
 
     @app.handle_errors(Refused)
     def batch_refused(request: Any, failure: Any) -> bytes:
@@ -111,15 +112,15 @@ def register(app: Klein, daemon: DaemonView) -> None:
         except FileNotFoundError:
             f = None
         if f is None:
-            raise NotFound(f"file {file_id} has no content on disk")
+            raise NotFound("file_not_found", f"file {file_id} has no content on disk")
         try:
             request.setHeader(b"content-type", b"application/jsonl")
             request.setHeader(b"content-length", b"%d" % os.fstat(f.fileno()).st_size)
             ascii_name = row.filename.encode("ascii", "replace").decode().replace("?", "_")
-            request.setHeader(
-                b"content-disposition",
-                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(row.filename)}".encode(),
+            disposition = (
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(row.filename)}"
             )
+            request.setHeader(b"content-disposition", disposition.encode())
             if request.method != b"HEAD":
                 # small reads as the client takes them: never the whole file in memory
                 await FileSender().beginFileTransfer(f, request)

@@ -66,7 +66,8 @@ def _batch_codes(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call):
             name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-            if name in ("Refused", "_error", "LineError", "UploadTooLarge", "super") and node.args:
+            given = ("Refused", "NotFound", "_error", "LineError", "UploadTooLarge", "super")
+            if name in given and node.args:
                 first = node.args[0]
                 if (
                     isinstance(first, ast.Constant)
