@@ -373,11 +373,20 @@ async def jobs(daemon: str, upstream: str, count: int) -> list[list[int]]:
             return not status["queue"]["by_kind"].get("job") and not status["worker"]["current"]
 
         await until("the worker to finish the jobs", idle)
-        _, page = await conn.json("GET", f"/jobs?state=done&limit={count}")
-        if len(page["data"]) != count:
+
+        async def recorded() -> bool:  # each job's done is written after the target is free
+            _, page = await conn.json("GET", f"/jobs?state=done&limit={count}")
+            return len(page["data"]) == count
+
+        try:
+            await until("the jobs to be recorded done", recorded)
+        except RuntimeError:
+            _, page = await conn.json("GET", f"/jobs?state=done&limit={count}")
             _, everything = await conn.json("GET", f"/jobs?limit={count}")
             states = sorted({j["state"] for j in everything["data"]})
-            raise RuntimeError(f"{len(page['data'])}/{count} jobs done (states: {states})")
+            raise RuntimeError(
+                f"{len(page['data'])}/{count} jobs done (states: {states})"
+            ) from None
     finally:
         conn.close()
     return control(upstream, "/_events")  # type: ignore[no-any-return]

@@ -254,6 +254,7 @@ async def _start_work(parts: Parts) -> None:
 async def _stop_work(parts: Parts) -> None:
     await parts.batches.stop()
     await parts.worker.stop(parts.config.shutdown_grace)
+    await parts.runner.drain()  # the last attempts' records, before the store closes
     parts.queue.close()
 
 

@@ -115,7 +115,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     jobs.batch_active = batches.active
     batches.abort_running = worker.cancel_job
     jobs.resident = worker.resident
-    jobs.live_tokens = lambda job_id: runner.tokens if runner.job_id == job_id else None
+    jobs.live_tokens = runner.tokens_of
     proxy = ProxyResource(
         reactor,
         upstream,

@@ -9,14 +9,17 @@ committed, so a ``done`` job always has them.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from attrs import define, field, frozen
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from foreman.core import jobstate
@@ -26,7 +29,7 @@ from foreman.core.framing import LineTooLong, NDJSONDecoder, SSEDecoder
 from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
 from foreman.core.residency import canonical_model, read_ps
-from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.artifacts import ArtifactStore, StreamWriter
 from foreman.jobs.hub import Progress
 from foreman.target.call import (
     ABORTED,
@@ -107,6 +110,41 @@ def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[s
     return None  # embeddings: the request itself loads the model
 
 
+@define
+class _Attempt:
+    """One attempt's state writes, sent without waiting (``JobRunner._write``)."""
+
+    job_id: str
+    writes: list[Deferred[Any]] = field(factory=list)
+    _outcome: tuple[bool, Exception | None] | None = None
+
+    async def written(self) -> bool:
+        """Once every write is in: False if one found the job gone; raises a write's error."""
+        if self._outcome is None:
+            fine, error = True, None
+            for d in self.writes:
+                try:
+                    row = await d
+                except Exception as e:
+                    error = error or e
+                    continue
+                fine = fine and row is not None
+            self._outcome = (fine, error)
+        fine, error = self._outcome
+        if error is not None:
+            raise error
+        return fine
+
+
+@frozen
+class _Answer:
+    """What the target answered, assembled, waiting to be recorded."""
+
+    response: bytes
+    tokens: int
+    raw: StreamWriter | None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -135,9 +173,13 @@ class JobRunner:
         self._between: TargetError | None = None  # an abort that came between two calls
         self._asking: Deferred[Any] | None = None  # the /api/ps question in flight
         self._closing = False
+        #: what earlier attempts still record (artifacts, state writes), off the target's path
+        self._recording: set[Deferred[None]] = set()
+        self._pauses: set[Deferred[None]] = set()
+        self._recorded_tokens: dict[str, int] = {}
+        self._prefetched: tuple[str, Deferred[JobRow | None]] | None = None
         self.knows_resident: Callable[[str], bool] | None = None
         """The worker's view: True when ``model`` is surely resident (no need to ask)."""
-        self._pause: Deferred[None] | None = None
         self.on_load: Callable[[str, float], None] | None = None
         self.job_id: str | None = None
         self.phase: str | None = None
@@ -147,8 +189,8 @@ class JobRunner:
         """Abort the target call of the running attempt (cancel, shutdown)."""
         if reason is not None and reason.kind == SHUTDOWN:
             self._closing = True
-            if self._pause is not None:
-                self._pause.cancel()
+            for pause in list(self._pauses):
+                pause.cancel()
         if self._call is not None:
             self._call.abort(reason)
         elif self.job_id is not None:
@@ -158,53 +200,112 @@ class JobRunner:
             if self._asking is not None:
                 self._asking.cancel()
 
-    async def run(self, job_id: str) -> str | None:
-        """One attempt; returns the model now resident when it got that far.
+    def tokens_of(self, job_id: str) -> int | None:
+        """Tokens of a job whose attempt runs or is being recorded, else None."""
+        if self.job_id == job_id:
+            return self.tokens
+        return self._recorded_tokens.get(job_id)
 
-        Whatever goes wrong ends in a recorded state: a TargetError as the state
-        machine decides, anything else (a bug, a disk, the database) as an
-        ``internal_error`` that is retried with backoff like a target fault.
+    def prefetch(self, job_id: str) -> None:
+        """Read the row of the job likely to run next while the target is busy."""
+        if self._prefetched is not None and self._prefetched[0] == job_id:
+            return
+        self._prefetched = (job_id, Deferred.fromCoroutine(self._jobs.get_row(job_id)))
+        self._prefetched[1].addErrback(lambda _: None)  # run() reads again on a failure
+
+    async def _row(self, job_id: str) -> JobRow | None:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == job_id:
+            row = await prefetched[1]
+            if row is not None:
+                return row
+        return await self._jobs.get_row(job_id)
+
+    async def run(self, job_id: str) -> str | None:
+        """One attempt's use of the target; returns the model now resident when it got that far.
+
+        It returns as soon as the target is free: the state writes before the
+        call go out without being waited for, and what comes after it (the
+        artifacts, the final state, a retry's requeue) is recorded in the
+        background, so a job's bookkeeping never sits between two dispatches.
+        Whatever goes wrong ends in a recorded state: a TargetError as the
+        state machine decides, anything else (a bug, a disk, the database) as
+        an ``internal_error`` that is retried with backoff like a target fault.
         """
         self.job_id, self.tokens, self.phase = job_id, 0, "loading"
         self._closing = False
         self._between = None
+        attempt = _Attempt(job_id)
         try:
             try:
-                return await self._attempt(job_id)
+                return await self._attempt(attempt)
             except TargetError as e:
                 error = e
             except Exception as e:
                 _log.failure("job {job_id}: the attempt raised", job_id=job_id)
                 error = TargetError(INTERNAL, f"foreman failed during the attempt: {e!r}"[:500])
-            await self._settle(job_id, error)
+            if error.kind == UNREACHABLE:
+                self._on_unreachable(error.message)  # before the worker picks again
+            self._record_later(job_id, self._settle(attempt, error))
             return None
         finally:
             self.job_id, self._call, self.phase = None, None, None
 
-    async def _attempt(self, job_id: str) -> str | None:
-        row = await self._jobs.get_row(job_id)
+    def _record_later(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+        self._recorded_tokens[job_id] = self.tokens
+        d = Deferred.fromCoroutine(work)
+        self._recording.add(d)
+
+        def done(result: Any) -> None:
+            self._recording.discard(d)
+            self._recorded_tokens.pop(job_id, None)
+            if isinstance(result, Failure):
+                _log.failure("job {job_id}: recording the attempt failed", result, job_id=job_id)
+
+        d.addBoth(done)
+
+    async def drain(self) -> None:
+        """Wait for what earlier attempts still record (at shutdown, before the store closes)."""
+        while self._recording:
+            await DeferredList(list(self._recording), consumeErrors=True)
+
+    def _write(self, attempt: _Attempt, transition: jobstate.Transition) -> Deferred[Any]:
+        """Start a state write without waiting; a lost compare-and-set aborts the call."""
+        d = Deferred.fromCoroutine(self._jobs.apply(transition))
+
+        def written(row: JobRow | None) -> JobRow | None:
+            if row is None and self.job_id == attempt.job_id:
+                self.abort(TargetError(ABORTED, "the job was cancelled"))
+            return row
+
+        d.addCallback(written)
+        attempt.writes.append(d)
+        return d
+
+    async def _attempt(self, attempt: _Attempt) -> str | None:
+        job_id = attempt.job_id
+        row = await self._row(job_id)
         if row is None or row.state != jobstate.JobState.QUEUED:
             return None
-        row = await self._jobs.apply(jobstate.start_loading(job_id, self._clock.seconds()))
-        if row is None:  # cancelled meanwhile
-            return None
+        self._write(attempt, jobstate.start_loading(job_id, self._clock.seconds()))
         request = row.request_body()
-        model = row.model
         await self._load(row, request)
-        working = await self._jobs.apply(jobstate.start_working(job_id, self._clock.seconds()))
-        if working is None:  # cancelled while loading; the model is loaded all the same
-            return model
+        self._write(attempt, jobstate.start_working(job_id, self._clock.seconds()))
         self.phase = "working"
-        await self._generate(working, request)
-        return model
+        answer = await self._generate(row, request)
+        self._record_later(job_id, self._record(attempt, row, answer))
+        return row.model
 
-    async def _settle(self, job_id: str, error: TargetError) -> None:
+    async def _settle(self, attempt: _Attempt, error: TargetError) -> None:
         """Record how the attempt ended; retried until written (or foreman stops).
 
         A job is never left off the queue in ``loading``/``working``: if the
         database cannot take the transition now, the worker waits and tries
         again. On shutdown it gives up; start-up recovery settles the job.
         """
+        job_id = attempt.job_id
+        with contextlib.suppress(Exception):  # a failed write is seen in the row below
+            await attempt.written()  # the row must show the states this attempt reached
         failures = 0
         while True:
             try:
@@ -220,13 +321,14 @@ class JobRunner:
                 )
             if self._closing:
                 return
-            self._pause = deferLater(self._clock, RECORD_RETRY.delay(failures), lambda: None)
+            pause = deferLater(self._clock, RECORD_RETRY.delay(failures), lambda: None)
+            self._pauses.add(pause)
             try:
-                await self._pause
+                await pause
             except CancelledError:
                 return
             finally:
-                self._pause = None
+                self._pauses.discard(pause)
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
         preload = preload_request(row.endpoint, request)
@@ -303,7 +405,8 @@ class JobRunner:
         finally:
             self._call = None
 
-    async def _generate(self, row: JobRow, request: dict[str, Any]) -> None:
+    async def _generate(self, row: JobRow, request: dict[str, Any]) -> _Answer:
+        """The target call of the attempt; what it answered, for ``_record``."""
         endpoint = row.endpoint
         assembler = Assembler(endpoint)
         # the stream.ndjson artifact, written while it arrives
@@ -367,25 +470,63 @@ class JobRunner:
                 raise TargetError("stream_error", assembler.error)
             if endpoint in _ASSEMBLED and not assembler.complete:
                 raise TargetError(RESET, "the target's stream ended before its final chunk")
-            response_bytes = json.dumps(assembler.result(), separators=(",", ":")).encode()
-            try:
-                if raw is not None:
-                    await raw.finish()
-                listing = await self._artifacts.write(
-                    row.id, {"response.json": response_bytes}, () if raw is None else (raw,)
-                )
-            except OSError as e:
-                raise TargetError(
-                    "artifact_write_error", f"could not write artifacts: {e}"
-                ) from None
+            response = json.dumps(assembler.result(), separators=(",", ":")).encode()
         except BaseException:
             if raw is not None:
                 await raw.abort()  # the attempt left no result: no stream file either
             raise
+        return _Answer(response, assembler.tokens, raw)
+
+    async def _record(self, attempt: _Attempt, row: JobRow, answer: _Answer) -> None:
+        """After the call, off the target's path: artifacts, then ``done``.
+
+        Anything that goes wrong here ends in a state like a fault in the call
+        (``internal_error``, retried): the answer is not trusted to disk.
+        """
+        try:
+            await self._record_answer(attempt, row, answer)
+        except Exception as e:
+            _log.failure("job {job_id}: recording the answer raised", job_id=row.id)
+            if answer.raw is not None:
+                await answer.raw.abort()
+            error = TargetError(INTERNAL, f"foreman failed to record the answer: {e!r}"[:500])
+            await self._settle(attempt, error)
+
+    async def _record_answer(self, attempt: _Attempt, row: JobRow, answer: _Answer) -> None:
+        raw = answer.raw
+        try:
+            fine = await attempt.written()
+        except Exception as e:  # the database refused a state write of the attempt
+            if raw is not None:
+                await raw.abort()
+            error = TargetError(INTERNAL, f"could not record the job's state: {e!r}"[:500])
+            await self._settle(attempt, error)
+            return
+        try:
+            if not fine:  # cancelled while it ran
+                if raw is not None:
+                    await raw.abort()
+                return
+            if raw is not None:
+                await raw.finish()
+            listing = await self._artifacts.write(
+                row.id, {"response.json": answer.response}, () if raw is None else (raw,)
+            )
+        except OSError as e:
+            if raw is not None:
+                await raw.abort()
+            error = TargetError("artifact_write_error", f"could not write artifacts: {e}")
+            await self._settle(attempt, error)
+            return
+        except BaseException:
+            if raw is not None:
+                await raw.abort()
+            raise
+        response_bytes = answer.response
         inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
         listed = json.dumps([{"name": i["name"], "size": i["size"]} for i in listing])
         done = await self._jobs.apply(
-            jobstate.succeed(row.id, self._clock.seconds(), assembler.tokens, inline, listed)
+            jobstate.succeed(row.id, self._clock.seconds(), answer.tokens, inline, listed)
         )
         if done is None:  # cancelled while the artifacts were written
             await self._artifacts.discard([row.id])
@@ -399,8 +540,6 @@ class JobRunner:
             not_before = self._clock.seconds() + RECORD_RETRY.delay(1)
             self._jobs.requeue(attrs.evolve(row, not_before=not_before))
             return
-        if error.kind == UNREACHABLE:
-            self._on_unreachable(error.message)
         transition = jobstate.attempt_failed(
             job_id,
             jobstate.JobState(row.state),

@@ -52,6 +52,9 @@ class JobRunner(Protocol):
     def abort(self, reason: TargetError | None = None) -> None:
         """Abort the running attempt's target call."""
 
+    def prefetch(self, job_id: str) -> None:
+        """Read ahead what the attempt for ``job_id`` will need (it may never run)."""
+
 
 class StorageHealth(Protocol):
     """What the worker needs of the store (``foreman.store.database.Store``)."""
@@ -360,12 +363,20 @@ class Worker:
         self.state = "working"
         self.current = {"kind": "job", "id": item.key, "model": item.model}
         try:
-            model = await self._runner.run(item.key)
+            running = Deferred.fromCoroutine(self._runner.run(item.key))
+            self._prefetch_next()
+            model = await running
             if model is not None:
                 self._served(model)
         finally:
             self.current = None
             self.state = "idle"
+
+    def _prefetch_next(self) -> None:
+        """While the target works, read the row of the job most likely to run next."""
+        following = self._queue.scheduler.peek(self._queue.clock(), self.resident())
+        if following is not None and following.kind != INTERACTIVE:
+            self._runner.prefetch(following.key)
 
     def cancel_job(self, job_id: str) -> None:
         if self._runner.job_id == job_id:

@@ -38,6 +38,7 @@ class FakeRunner:
         self.raise_at_once: dict[str, Exception] = {}
         self.finish_on_abort = True
         self._pending: dict[str, Deferred[str | None]] = {}
+        self.prefetched: list[str] = []
 
     async def run(self, job_id: str) -> str | None:
         self.started.append(job_id)
@@ -51,6 +52,9 @@ class FakeRunner:
         finally:
             self.job_id = None
             self._pending.pop(job_id, None)
+
+    def prefetch(self, job_id: str) -> None:
+        self.prefetched.append(job_id)
 
     def abort(self, reason: TargetError | None = None) -> None:
         self.aborts.append((self.job_id, reason))
