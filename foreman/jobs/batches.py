@@ -340,7 +340,7 @@ class BatchService:
 
     async def recover(self) -> int:
         """Pick every unfinished batch up where a stop left it; how many there were."""
-        await self.files.sweep()
+        await self.files.sweep(await self.store.read(sql.file_ids))
         rows: list[BatchRow] = await self.store.read(
             sql.batches_in,
             [
@@ -360,11 +360,17 @@ class BatchService:
                 await self.store.write(sql.clear_lines, row.id)
                 self._spawn(self._validate(row))
                 continue
+            if status is BatchStatus.CANCELLING and row.in_progress_at is None:
+                # cancelled while its lines were being enqueued: none of them counts
+                await self.store.write(sql.clear_lines, row.id)
+                self._spawn(self._finalize(row.id))
+                continue
             await self._recount(row.id, live)
             if status is BatchStatus.IN_PROGRESS:
                 self._arm_expiry(row)
                 self._finish_if_done(row.id)
             else:  # cancelling or finalizing: whatever is still queued must not run
+                await self._unqueue(row.id)  # before the worker starts
                 self._spawn(self._stop_lines(row))
         if rows:
             _log.info("{count} unfinished batches picked up", count=len(rows))
@@ -551,8 +557,14 @@ class BatchService:
             _log.warn("batch {batch_id} expired: its 24 h window passed", batch_id=batch_id)
             await self._stop_lines(moved)
 
+    async def _unqueue(self, batch_id: str) -> None:
+        """Take the batch's queued lines off the in-memory queue: the worker never picks them."""
+        for job_id in await self.store.read(sql.queued_lines, batch_id):
+            self.jobs.queue.remove_job(job_id)
+
     async def _stop_lines(self, row: BatchRow) -> None:
         """Cancel what is queued, abort what runs; finalize once nothing runs."""
+        await self._unqueue(row.id)
         changed = await self.store.write(
             sql.cancel_queued_lines, row.id, self.reactor.seconds(), self.jobs.render_for_event
         )

@@ -52,15 +52,21 @@ class FileStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def sweep(self) -> Deferred[int]:
-        """Remove the temporary files of uploads and outputs a stop interrupted."""
-        return deferToThread(self._sweep)
+    def sweep(self, known: set[str]) -> Deferred[int]:
+        """Remove what a stop interrupted: temporary files, and files with no row in ``known``.
 
-    def _sweep(self) -> int:
+        A file is renamed into place before its row commits; a crash in between
+        leaves a file no client can see, which is removed here.
+        """
+        return deferToThread(self._sweep, known)
+
+    def _sweep(self, known: set[str]) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
         removed = 0
         for entry in self.root.iterdir():
-            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            temporary = entry.name.startswith(".") and entry.name.endswith(".tmp")
+            orphan = FILE_ID.match(entry.name) is not None and entry.name not in known
+            if temporary or orphan:
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed += 1

@@ -262,10 +262,18 @@ class JobService:
         row = await self.get_row(job_id)
         if row is None or row.terminal:
             return row, False
-        changed = await self.apply(jobstate.cancel(job_id, self.reactor.seconds()))
+        # off the queue first: the worker must not pick it while the cancel commits
+        unqueued = self.queue.remove_job(job_id)
+        try:
+            changed = await self.apply(jobstate.cancel(job_id, self.reactor.seconds()))
+        except Exception:
+            if unqueued:
+                self.requeue(row)
+            raise
         if changed is None:
-            return await self.get_row(job_id), False  # finished meanwhile
-        self.queue.remove_job(job_id)
+            if unqueued:  # it was not queued after all (running, or finished meanwhile)
+                self.requeue(row)
+            return await self.get_row(job_id), False
         if row.state != jobstate.JobState.QUEUED:
             abort_running(job_id)
         return changed, True

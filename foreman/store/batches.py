@@ -24,6 +24,7 @@ __all__ = [
     "cancel_queued_lines",
     "clear_lines",
     "delete_file",
+    "file_ids",
     "get_batch",
     "get_file",
     "insert_batch",
@@ -32,6 +33,7 @@ __all__ = [
     "list_batches",
     "list_files",
     "move_batch",
+    "queued_lines",
     "unfinished_lines",
 ]
 
@@ -227,6 +229,18 @@ def unfinished_lines(conn: sqlite3.Connection, batch_id: str) -> list[tuple[str,
         (batch_id, JobState.QUEUED.value, JobState.LOADING.value, JobState.WORKING.value),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
+
+
+def queued_lines(conn: sqlite3.Connection, batch_id: str) -> list[str]:
+    """Ids of the batch's lines still queued."""
+    rows = conn.execute(
+        "SELECT id FROM jobs WHERE batch_id = ? AND state = ?", (batch_id, JobState.QUEUED.value)
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def file_ids(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT id FROM files").fetchall()}
 
 
 def cancel_queued_lines(
