@@ -36,6 +36,7 @@ from foreman.store.database import Store
 from foreman.target.monitor import TargetMonitor
 from foreman.web.proxy import ProxyResource
 from foreman.web.site import ForemanSite
+from foreman.work.control import QueueControl
 from foreman.work.queue import WorkQueue
 from foreman.work.views import queue_view, work_status
 from foreman.work.worker import Worker
@@ -131,6 +132,10 @@ class Daemon:
         return self.parts.batches
 
     @property
+    def control(self) -> QueueControl:
+        return self.parts.control
+
+    @property
     def hub(self) -> JobHub:
         return self.parts.hub
 
@@ -201,7 +206,9 @@ class Daemon:
         self.worker.cancel_job(job_id)
 
     def queue_view(self, limit: int) -> dict[str, Any]:
-        return queue_view(self.queue, self.worker, self.reactor.seconds(), limit)
+        view = queue_view(self.queue, self.worker, self.reactor.seconds(), limit)
+        view["state"] = self.control.state()
+        return view
 
     def status(self) -> dict[str, Any]:
         return {
@@ -210,6 +217,7 @@ class Daemon:
             "database": str(self.config.db_path),
             "target": self._target_status(),
             **work_status(self.queue, self.worker),
+            "control": self.control.state(),
         }
 
     def _wake_status(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from foreman.store.database import Store
 from foreman.target.monitor import TargetMonitor
 from foreman.target.upstream import Upstream
 from foreman.web.proxy import ProxyResource
+from foreman.work.control import QueueControl
 from foreman.work.queue import WorkQueue
 from foreman.work.worker import Worker
 
@@ -45,5 +46,6 @@ class Parts:
     batches: BatchService
     runner: JobRunner
     worker: Worker
+    control: QueueControl
     delivery: Delivery
     proxy: ProxyResource

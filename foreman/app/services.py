@@ -239,6 +239,7 @@ async def _open_store(store: Store) -> None:
 async def _start_work(parts: Parts) -> None:
     clock = parts.reactor
     started = clock.seconds()
+    await parts.control.load()
     recovered, queued = await parts.jobs.recover()
     await parts.batches.recover()
     _log.info(
@@ -252,6 +253,7 @@ async def _start_work(parts: Parts) -> None:
 
 
 async def _stop_work(parts: Parts) -> None:
+    parts.control.close()
     await parts.batches.stop()
     await parts.worker.stop(parts.config.shutdown_grace)
     await parts.runner.drain()  # the last attempts' records, before the store closes

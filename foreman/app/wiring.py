@@ -33,6 +33,7 @@ from foreman.web.routes import build_app
 from foreman.web.site import ForemanSite
 from foreman.web.upload import Upload
 from foreman.web.view import DaemonView
+from foreman.work.control import QueueControl
 from foreman.work.queue import WorkQueue
 from foreman.work.worker import Worker
 
@@ -111,6 +112,9 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         secret=load_or_create_secret(config.data_dir, config.webhook_secret),
         allow_private=config.webhook_allow_private,
     )
+    control = QueueControl(store, queue, worker, reactor, recording=lambda: runner.recording)
+    runner.on_recorded = control.recorded
+    queue.paused = lambda: worker.paused
     jobs.outbox_listeners.append(delivery.poke)
     jobs.batch_active = batches.active
     batches.abort_running = worker.cancel_job
@@ -138,6 +142,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         batches=batches,
         runner=runner,
         worker=worker,
+        control=control,
         delivery=delivery,
         proxy=proxy,
     )

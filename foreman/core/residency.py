@@ -11,6 +11,13 @@ free and then pay the load anyway.
 Load cost is learned from ``load_duration`` (Ollama's own figure, which
 includes its queueing; foreman sends one request at a time, so that part is
 small) as an exponentially weighted mean per model.
+
+A model whose ``size_vram`` is well below its ``size`` runs partly or wholly
+on the CPU, about ten times slower: the known failure of a box that came back
+from sleep without its GPU. :func:`vram_fraction` and :func:`on_cpu` are the
+rule; :class:`VramWatch` decides when that is worth a log line (once per
+model per ``repeat_after``, again when the fraction moves a lot, and once
+when the model is back on the GPU).
 """
 
 from __future__ import annotations
@@ -26,12 +33,20 @@ from attrs import define, field, frozen
 __all__ = [
     "ABOUT_TO_EXPIRE",
     "ASSUMED_KEEP_ALIVE",
+    "ON_CPU_BELOW",
+    "VRAM_CHANGE",
+    "VRAM_REPEAT_AFTER",
     "ResidentModel",
     "ResidentSet",
+    "VramNotice",
+    "VramWatch",
     "canonical_model",
+    "human_bytes",
+    "on_cpu",
     "parse_ps",
     "parse_time",
     "read_ps",
+    "vram_fraction",
 ]
 
 ABOUT_TO_EXPIRE = 5.0
@@ -42,6 +57,15 @@ ASSUMED_KEEP_ALIVE = 300.0
 
 LOAD_COST_WEIGHT = 0.5
 """Weight of the newest ``load_duration`` in the learned mean."""
+
+ON_CPU_BELOW = 0.9
+"""A model with less than this fraction of its size in VRAM counts as on the CPU."""
+
+VRAM_REPEAT_AFTER = 600.0
+"""Seconds: the warning about a model on the CPU is repeated at most this often."""
+
+VRAM_CHANGE = 0.2
+"""A fraction in VRAM that moved by at least this much is warned about at once."""
 
 _FRACTION = re.compile(r"\.(\d+)")
 
@@ -74,6 +98,37 @@ class ResidentModel:
     name: str
     expires_at: float  # epoch seconds; inf: never
     size_vram: int | None = None
+    size: int | None = None
+    """Bytes the loaded model takes (weights and cache); ``size_vram`` of it on the GPU."""
+
+
+def _byte_count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _fraction(size_vram: int | None, size: int | None) -> float | None:
+    if size_vram is None or size is None or size <= 0:
+        return None
+    return min(1.0, size_vram / size)
+
+
+def vram_fraction(model: ResidentModel) -> float | None:
+    """The share of ``model`` in VRAM (0 to 1); None when ``/api/ps`` did not say."""
+    return _fraction(model.size_vram, model.size)
+
+
+def on_cpu(model: ResidentModel, threshold: float = ON_CPU_BELOW) -> bool:
+    """Whether ``model`` runs partly or wholly on the CPU (a known fraction below ``threshold``)."""
+    fraction = vram_fraction(model)
+    return fraction is not None and fraction < threshold
+
+
+def human_bytes(count: int) -> str:
+    """``1234567890`` → ``1.2 GB`` (decimal units, as ``ollama ps`` prints them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
 def parse_ps(doc: object) -> list[ResidentModel] | None:
@@ -90,12 +145,12 @@ def parse_ps(doc: object) -> list[ResidentModel] | None:
             continue
         raw = entry.get("expires_at")
         expires = parse_time(raw) if isinstance(raw, str) else None
-        vram = entry.get("size_vram")
         out.append(
             ResidentModel(
                 canonical_model(name),
                 math.inf if expires is None else expires,
-                vram if isinstance(vram, int) and not isinstance(vram, bool) else None,
+                _byte_count(entry.get("size_vram")),
+                _byte_count(entry.get("size")),
             )
         )
     return out
@@ -110,11 +165,84 @@ def read_ps(body: bytes) -> list[ResidentModel] | None:
     return parse_ps(doc)
 
 
+@frozen
+class VramNotice:
+    """A log line :class:`VramWatch` decided on: a model on the CPU, or back on the GPU."""
+
+    model: str
+    recovered: bool
+    fraction: float
+    size_vram: int
+    size: int
+
+    @property
+    def percent(self) -> int:
+        """The fraction in VRAM as a whole percentage, never rounded up to 100 while short of it."""
+        return min(round(self.fraction * 100), 99 if self.fraction < 1.0 else 100)
+
+
+@define
+class _Warned:
+    fraction: float
+    at: float
+
+
+@define
+class VramWatch:
+    """When a model on the CPU is worth a warning, and its return to the GPU an info line.
+
+    Fed every ``/api/ps`` answer. A model whose fraction in VRAM is below
+    ``threshold`` is warned about when first seen so, then at most once per
+    ``repeat_after`` seconds, or at once when its fraction moved by
+    ``change`` or more since the last warning. Once it is seen at or above
+    ``threshold`` again, one recovery notice. A model that leaves ``/api/ps``
+    keeps its record: reloaded on the CPU within ``repeat_after`` it is not
+    warned about again; reloaded on the GPU it gets its recovery notice.
+    A model whose sizes ``/api/ps`` does not give is left alone.
+    """
+
+    threshold: float = ON_CPU_BELOW
+    repeat_after: float = VRAM_REPEAT_AFTER
+    change: float = VRAM_CHANGE
+    _warned: dict[str, _Warned] = field(factory=dict)
+
+    def observe(self, models: Iterable[ResidentModel], now: float) -> list[VramNotice]:
+        """What to log about this ``/api/ps`` answer (usually nothing)."""
+        notices: list[VramNotice] = []
+        for model in models:
+            fraction = vram_fraction(model)
+            if fraction is None or model.size_vram is None or model.size is None:
+                continue
+            warned = self._warned.get(model.name)
+            if fraction >= self.threshold:
+                if warned is not None:
+                    del self._warned[model.name]
+                    notices.append(
+                        VramNotice(model.name, True, fraction, model.size_vram, model.size)
+                    )
+                continue
+            if (
+                warned is None
+                or now - warned.at >= self.repeat_after
+                or now < warned.at  # the clock went back: do not stay silent for long
+                or abs(fraction - warned.fraction) >= self.change
+            ):
+                self._warned[model.name] = _Warned(fraction, now)
+                notices.append(VramNotice(model.name, False, fraction, model.size_vram, model.size))
+        return notices
+
+    @property
+    def warned(self) -> tuple[str, ...]:
+        """Models last warned about as on the CPU (not yet seen back on the GPU)."""
+        return tuple(sorted(self._warned))
+
+
 @define
 class _Known:
     expires_at: float
     used_at: float
     size_vram: int | None
+    size: int | None = None
 
 
 @define
@@ -125,6 +253,7 @@ class ResidentSet:
     keep_alive: float = ASSUMED_KEEP_ALIVE
     capacity: int = 1
     """The most models seen resident at once: the scheduler's guess of the target's room."""
+    on_cpu_below: float = ON_CPU_BELOW
     _models: dict[str, _Known] = field(factory=dict)
     _load_seconds: dict[str, float] = field(factory=dict)
 
@@ -137,7 +266,7 @@ class ResidentSet:
             # ties keep the listed order (Ollama lists the most recent first)
             used = known.used_at if known is not None else model.expires_at - self.keep_alive
             used = min(used, now) - index * 1e-6
-            seen[model.name] = _Known(model.expires_at, used, model.size_vram)
+            seen[model.name] = _Known(model.expires_at, used, model.size_vram, model.size)
         self._models = seen
         self.capacity = max(self.capacity, len(seen))
 
@@ -150,8 +279,8 @@ class ResidentSet:
         expires = now + self.keep_alive
         if known is not None and known.expires_at > expires:
             expires = known.expires_at  # a longer keep_alive reported by /api/ps
-        size = known.size_vram if known is not None else None
-        self._models[name] = _Known(expires, used, size)
+        vram, size = (known.size_vram, known.size) if known is not None else (None, None)
+        self._models[name] = _Known(expires, used, vram, size)
         self.capacity = max(self.capacity, len(self._models))
 
     def observe_load(self, model: str, seconds: float) -> None:
@@ -186,18 +315,33 @@ class ResidentSet:
     def describe(self, now: float) -> list[dict[str, object]]:
         """For ``/status``: every model believed resident, most recently used first."""
         rows = sorted(self._models.items(), key=lambda kv: kv[1].used_at, reverse=True)
-        return [
-            {
-                "name": name,
-                "expires_in_s": (
-                    None if math.isinf(known.expires_at) else round(known.expires_at - now, 1)
-                ),
-                "size_vram": known.size_vram,
-                "counted": known.expires_at - now >= self.margin,
-                "load_s": self._load_seconds.get(name),
-            }
-            for name, known in rows
-        ]
+        out: list[dict[str, object]] = []
+        for name, known in rows:
+            fraction = _fraction(known.size_vram, known.size)
+            out.append(
+                {
+                    "name": name,
+                    "expires_in_s": (
+                        None if math.isinf(known.expires_at) else round(known.expires_at - now, 1)
+                    ),
+                    "size_vram": known.size_vram,
+                    "size": known.size,
+                    "vram_fraction": None if fraction is None else round(fraction, 3),
+                    "on_cpu": fraction is not None and fraction < self.on_cpu_below,
+                    "counted": known.expires_at - now >= self.margin,
+                    "load_s": self._load_seconds.get(name),
+                }
+            )
+        return out
+
+    def vram_fractions(self) -> dict[str, float]:
+        """The share in VRAM of every model believed resident whose sizes are known."""
+        out: dict[str, float] = {}
+        for name, known in self._models.items():
+            fraction = _fraction(known.size_vram, known.size)
+            if fraction is not None:
+                out[name] = fraction
+        return out
 
     @property
     def load_costs(self) -> dict[str, float]:

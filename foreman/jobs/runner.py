@@ -178,6 +178,8 @@ class JobRunner:
         self._pauses: set[Deferred[None]] = set()
         self._recorded_tokens: dict[str, int] = {}
         self._prefetched: tuple[str, Deferred[JobRow | None]] | None = None
+        #: told when an attempt's recording ends (a drain waits for the last one)
+        self.on_recorded: Callable[[], None] | None = None
         self.knows_resident: Callable[[str], bool] | None = None
         """The worker's view: True when ``model`` is surely resident (no need to ask)."""
         self.on_load: Callable[[str, float], None] | None = None
@@ -261,8 +263,15 @@ class JobRunner:
             self._recorded_tokens.pop(job_id, None)
             if isinstance(result, Failure):
                 _log.failure("job {job_id}: recording the attempt failed", result, job_id=job_id)
+            if self.on_recorded is not None:
+                self.on_recorded()
 
         d.addBoth(done)
+
+    @property
+    def recording(self) -> int:
+        """Attempts whose answer or error is still being written."""
+        return len(self._recording)
 
     async def drain(self) -> None:
         """Wait for what earlier attempts still record (at shutdown, before the store closes)."""

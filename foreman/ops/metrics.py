@@ -72,6 +72,16 @@ class _LiveState:
             "Inference requests running at the target (0 or 1)",
             value=state["inflight"],
         )
+        yield GaugeMetricFamily(
+            "foreman_queue_paused",
+            "1 while an operator has paused dispatching (POST /queue/pause or drain)",
+            value=state.get("paused", 0),
+        )
+        yield GaugeMetricFamily(
+            "foreman_queue_draining",
+            "1 while a drain waits for, or has finished, the running request",
+            value=state.get("draining", 0),
+        )
         yield CounterMetricFamily(
             "foreman_worker_dispatched",
             "Requests the worker dispatched",
@@ -100,6 +110,15 @@ class _LiveState:
         for model, seconds in sorted(state["load_costs"].items()):
             cost.add_metric([model], seconds)
         yield cost
+        vram = GaugeMetricFamily(
+            "foreman_model_vram_fraction",
+            "Share of each resident model in GPU memory (size_vram / size from /api/ps;"
+            " well below 1: partly or wholly on the CPU)",
+            labels=["model"],
+        )
+        for model, fraction in sorted(state.get("vram_fractions", {}).items()):
+            vram.add_metric([model], fraction)
+        yield vram
         if state["last_wake"] is not None:
             yield GaugeMetricFamily(
                 "foreman_target_last_wake_seconds",

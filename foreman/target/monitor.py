@@ -7,6 +7,11 @@ can be answered while the target sleeps) every few seconds while up, and
 with jittered exponential backoff while down. Others read its attributes,
 ``subscribe`` to changes, wait for ``when_up()``, or ``poke()`` it when they
 saw a connection fail and want a fresh verdict now.
+
+Every ``/api/ps`` answer also goes through a :class:`VramWatch`: a model
+running partly or wholly on the CPU (``size_vram`` well below ``size``; a
+box that came back from sleep without its GPU) is warned about, rate-limited
+per model, and its return to the GPU is logged once.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
 from foreman.core.backoff import monitor_probe_delay
-from foreman.core.residency import ResidentModel, read_ps
+from foreman.core.residency import ResidentModel, VramNotice, VramWatch, human_bytes, read_ps
 from foreman.target.readbody import BodyTimeout, HeadersTimeout, fetch
 
 __all__ = ["CachedBody", "TargetMonitor", "TargetSnapshot"]
@@ -100,6 +105,8 @@ class TargetMonitor:
         """Whether "down" came from a failed probe (not from a request's refusal)."""
         self.on_ps: Callable[[tuple[ResidentModel, ...]], None] | None = None
         """Called with every ``/api/ps`` answer (also between state changes)."""
+        self.vram = VramWatch()
+        """Decides when a model on the CPU is worth a warning (``/api/ps`` feeds it)."""
 
         self._running = False
         self._timer: IDelayedCall | None = None
@@ -233,12 +240,37 @@ class TargetMonitor:
         if models is None:
             return None
         self.resident = tuple(models)
+        self._report_vram(self.vram.observe(self.resident, self._reactor.seconds()))
         if self.on_ps is not None:
             try:
                 self.on_ps(self.resident)
             except Exception:
                 _log.failure("target monitor: on_ps failed")
         return self.resident
+
+    def _report_vram(self, notices: list[VramNotice]) -> None:
+        for notice in notices:
+            fields = {
+                "model": notice.model,
+                "vram_fraction": round(notice.fraction, 3),
+                "size_vram": notice.size_vram,
+                "size": notice.size,
+                "percent": notice.percent,
+                "vram_text": human_bytes(notice.size_vram),
+                "size_text": human_bytes(notice.size),
+            }
+            if notice.recovered:
+                _log.info(
+                    "model {model} runs on the GPU again ({percent}% in VRAM:"
+                    " size_vram {vram_text} of {size_text})",
+                    **fields,
+                )
+            else:
+                _log.warn(
+                    "model {model} runs {percent}% on the GPU (size_vram {vram_text} of"
+                    " {size_text}): the target may have come back from sleep without its GPU",
+                    **fields,
+                )
 
     def refresh_models(self) -> Deferred[bool]:
         """Ask ``/api/ps`` now (after a load: which models did it push out?).

@@ -37,10 +37,11 @@ the reactor serves the simulator.
 
 Constructor: ``OllamaSimulator(models=DEFAULT_MODELS, *, token_rate=50.0,
 load_time=0.2, reply_tokens=8, reactor=None, required_token=None,
-pullable=(), pull_time=0.2, record_limit=10_000, max_loaded=1)``.
+pullable=(), pull_time=0.2, record_limit=10_000, max_loaded=1,
+vram_fraction=1.0)``.
 ``models`` and ``pullable`` take names or
 :class:`ModelSpec` (per-model ``load_time``, ``context_length``,
-``embedding``, ``embedding_length``, ...). ``token_rate`` is tokens per
+``embedding``, ``embedding_length``, ``vram_fraction``, ...). ``token_rate`` is tokens per
 second (0: as fast as possible). With ``required_token``, every route but
 ``/_simulator/*`` needs ``Authorization: Bearer <token>`` (else ``401
 {"error": "unauthorized"}``).
@@ -82,6 +83,20 @@ Residency
     recently used first. ``/api/generate`` without prompt or ``/api/chat``
     with ``messages: []`` preloads (``done_reason: "load"``), or unloads
     with ``keep_alive: 0`` (``done_reason: "unload"``).
+
+GPU
+    ``/api/ps`` reports every resident model's ``size`` (weights plus a KV
+    cache growing with ``num_ctx``) and ``size_vram``: ``size`` times its
+    share in VRAM, fixed when it was loaded. That share is the smaller of
+    its ``ModelSpec.vram_fraction`` and the simulator's ``vram_fraction``
+    (both 1 by default). ``gpu_lost(fraction=0.0)`` is a box that came back
+    from sleep without its GPU: models loaded afterwards get at most
+    ``fraction`` in VRAM; ``gpu_restored()`` (or ``reset()``) undoes it.
+    Models already resident keep their share until reloaded (``unload()``
+    them). A model partly on the CPU generates slower: the token interval
+    is multiplied by ``1 + 9 * (1 - share)``, ten times when wholly on the
+    CPU. ``vram_fraction`` (now), ``gpu_is_lost``,
+    ``resident_vram_fraction(model=None)``.
 
 Sleep
     ``sleep(seconds=None, *, refuse=False)`` suspends the box the way a
@@ -134,14 +149,16 @@ Control over HTTP (for a simulator in another process)
     ``GET /_simulator/state[?requests=1]``, ``POST /_simulator/faults``
     ``{"fault": "http_500", "count": 1, "path": null}``, ``DELETE
     /_simulator/faults``, ``POST /_simulator/sleep {"seconds": N, "refuse":
-    false}`` (answers, then sleeps N seconds), ``POST /_simulator/reset
-    {"unload": false}``. The state includes ``resident_models``,
-    ``max_loaded`` and ``sleep_mode``.
+    false}`` (answers, then sleeps N seconds), ``POST /_simulator/gpu
+    {"lost": true, "fraction": 0.0}`` (``{"lost": false}``: restored),
+    ``POST /_simulator/reset {"unload": false}``. The state includes
+    ``resident_models``, ``max_loaded``, ``sleep_mode``, ``vram_fraction``
+    and ``gpu_lost``.
 
 Running alone::
 
     python -m foreman.testing --listen tcp:11434 --models llama3.2,qwen3 \\
-        --token-rate 20 --load-time 0.5 [--max-loaded N] [--token T]
+        --token-rate 20 --load-time 0.5 [--max-loaded N] [--vram-fraction F] [--token T]
 
 For the daemon's ``--simulate`` mode, :func:`make_simulator` builds one with
 friendly defaults: models ``llama3.2``, ``qwen3:0.6b``, ``nomic-embed-text``
@@ -182,6 +199,7 @@ def make_simulator(
     reply_tokens: int = 24,
     reactor: Any = None,
     max_loaded: int = 1,
+    vram_fraction: float = 1.0,
 ) -> OllamaSimulator:
     """A simulator with demo-friendly defaults (used by ``--simulate`` and ``__main__``)."""
     return OllamaSimulator(
@@ -193,6 +211,7 @@ def make_simulator(
         pullable=DEFAULT_PULLABLE if pullable is None else pullable,
         reactor=reactor,
         max_loaded=max_loaded,
+        vram_fraction=vram_fraction,
     )
 
 

@@ -24,6 +24,13 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be from 0 to 1")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m foreman.testing",
@@ -50,6 +57,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="N",
         help="models resident at once (OLLAMA_MAX_LOADED_MODELS)",
     )
+    parser.add_argument(
+        "--vram-fraction",
+        type=_fraction,
+        default=1.0,
+        metavar="F",
+        help="share of each loaded model in VRAM (below 0.9: runs partly on the CPU)",
+    )
     parser.add_argument("--token", default=None, help="require this Bearer token")
     return parser.parse_args(argv)
 
@@ -64,6 +78,7 @@ async def _main(reactor: Any, args: argparse.Namespace) -> None:
         reply_tokens=args.reply_tokens,
         reactor=reactor,
         max_loaded=args.max_loaded,
+        vram_fraction=args.vram_fraction,
     )
     await sim.listen(args.listen)
     print(sim.url, flush=True)

@@ -7,8 +7,11 @@
 * ``POST /_simulator/sleep`` ``{"seconds": N, "refuse": false}`` → answer,
   then sleep N seconds and wake by itself: suspended (connections hang,
   nothing answers) or, with ``refuse: true``, off (connections refused);
+* ``POST /_simulator/gpu`` ``{"lost": true, "fraction": 0.0}`` → models loaded
+  from now on get ``fraction`` of themselves in VRAM (a box that came back
+  from sleep without its GPU); ``{"lost": false}`` → the GPU is back;
 * ``POST /_simulator/reset`` ``{"unload": false}`` → forget counters, records
-  and faults (``unload: true`` also unloads an idle model).
+  and faults, restore a lost GPU (``unload: true`` also unloads an idle model).
 
 These routes need no token, are never recorded and never suffer faults.
 """
@@ -69,6 +72,22 @@ async def control(sim: ControlHost, ex: Exchange) -> None:
             )
 
         sim.timers.call_later(FLUSH_SECONDS, go_to_sleep)
+    elif route == ("POST", "/_simulator/gpu"):
+        body = ex.json_body()
+        lost, fraction = body.get("lost"), body.get("fraction", 0.0)
+        if not isinstance(lost, bool):
+            raise HTTPError(400, "lost must be a boolean")
+        if lost:
+            try:
+                sim.gpu_lost(fraction)
+            except ValueError as exc:
+                raise HTTPError(400, str(exc)) from None
+        else:
+            sim.gpu_restored()
+        state = sim.state()
+        ex.respond_json(
+            200, {"gpu_lost": state["gpu_lost"], "vram_fraction": state["vram_fraction"]}
+        )
     elif route == ("POST", "/_simulator/reset"):
         body = ex.json_body() if ex.body().strip() else {}
         sim.reset(unload=body.get("unload") is True)

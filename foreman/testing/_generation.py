@@ -67,13 +67,17 @@ async def run_generation(
     fmt: Format,
     fault: Fault | None,
 ) -> None:
-    """Load (if needed), then emit one piece per token interval; no headers before that."""
+    """Load (if needed), then emit one piece per token interval; no headers before that.
+
+    The interval grows for a model partly or wholly on the CPU (``cpu_slowdown``).
+    """
     lease = await sim.acquire(ex, info, context_length, keep_alive)
     try:
+        interval = sim.token_interval(fault, lease.vram_fraction)
         if stream:
-            await _stream(sim, ex, lease.load, plan, fmt, fault)
+            await _stream(sim, ex, lease.load, interval, plan, fmt, fault)
         else:
-            await _whole(sim, ex, lease.load, plan, fmt, fault)
+            await _whole(sim, ex, lease.load, interval, plan, fmt, fault)
     finally:
         sim.release(lease)
 
@@ -89,11 +93,11 @@ async def _stream(
     sim: GenerationHost,
     ex: Exchange,
     load: float,
+    interval: float,
     plan: Plan,
     fmt: Format,
     fault: Fault | None,
 ) -> None:
-    interval = sim.token_interval(fault)
     items = pieces(plan)
     cut = _cut(len(items), fault)
     started = sim.now()
@@ -121,6 +125,7 @@ async def _whole(
     sim: GenerationHost,
     ex: Exchange,
     load: float,
+    interval: float,
     plan: Plan,
     fmt: Format,
     fault: Fault | None,
@@ -128,7 +133,7 @@ async def _whole(
     items = pieces(plan)
     cut = _cut(len(items), fault)
     started = sim.now()
-    await ex.sleep(sim.token_interval(fault) * (len(items) if cut is None else cut))
+    await ex.sleep(interval * (len(items) if cut is None else cut))
     if fault is Fault.RESET:
         ex.start(200, JSON_TYPE)
         await reset_after_flush(ex)

@@ -22,6 +22,29 @@ FOREVER = math.inf
 
 DEFAULT_CONTEXT_LENGTH = 4096
 
+CPU_SLOWDOWN = 10.0
+"""How much slower a model wholly on the CPU generates than one wholly in VRAM."""
+
+
+def check_vram_fraction(value: object) -> float:
+    """``value`` as a float from 0 to 1; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError("vram_fraction must be a number from 0 to 1")
+    return float(value)
+
+
+def _spec_fraction(value: float | None) -> float:
+    return 1.0 if value is None else check_vram_fraction(value)
+
+
+def cpu_slowdown(vram_fraction: float) -> float:
+    """Token interval factor of a model with ``vram_fraction`` of it in VRAM.
+
+    Linear between 1 (all in VRAM) and :data:`CPU_SLOWDOWN` (all on the CPU):
+    ``0.3`` in VRAM generates 7.3 times slower.
+    """
+    return 1.0 + (CPU_SLOWDOWN - 1.0) * (1.0 - min(1.0, max(0.0, vram_fraction)))
+
 
 def canonical_name(name: str) -> str:
     """``llama3.2`` → ``llama3.2:latest``; a name with a tag is kept as is."""
@@ -36,7 +59,9 @@ class ModelSpec:
 
     ``embedding=None`` means: an embedding-only model when the name contains
     ``embed`` (like ``nomic-embed-text``). ``load_time=None`` takes the
-    simulator's default.
+    simulator's default. ``vram_fraction`` is the share of the model that
+    fits in VRAM on a healthy GPU (1: all of it; ``/api/ps`` reports
+    ``size_vram`` = fraction * ``size``, and tokens come slower below 1).
     """
 
     name: str
@@ -48,6 +73,7 @@ class ModelSpec:
     embedding: bool | None = None
     embedding_length: int = 768
     size: int | None = None
+    vram_fraction: float = field(default=1.0, converter=_spec_fraction)
 
 
 @frozen
@@ -65,6 +91,8 @@ class ModelInfo:
     size: int
     digest: str
     modified_at: float
+    vram_fraction: float = 1.0
+    """Share in VRAM when loaded on a healthy GPU."""
 
     @property
     def capabilities(self) -> list[str]:
@@ -124,6 +152,7 @@ def describe(spec: ModelSpec | str, default_load_time: float, modified_at: float
         size=size,
         digest=digest,
         modified_at=modified_at,
+        vram_fraction=spec.vram_fraction,
     )
 
 

@@ -70,7 +70,8 @@ async def ps(sim: GenerationHost, ex: Exchange, fault: Fault | None) -> None:
     for slot, expires_at in sim.resident_slots():  # most recently used first
         info = sim.catalog.find(slot.model)
         if info is not None:
-            models.append(shapes.ps_entry(info, slot.context_length, expires_at))
+            fraction = sim.slot_vram_fraction(slot)
+            models.append(shapes.ps_entry(info, slot.context_length, expires_at, fraction))
     ex.respond_json(200, {"models": models})
 
 

@@ -58,6 +58,8 @@ class Resident:
     expires_at: float
     """When it is unloaded if still idle (meaningful only while ``users == 0``)."""
     users: int = 0
+    vram_fraction: float = 1.0
+    """Share of the model in VRAM, fixed when it was loaded (below 1: partly on the CPU)."""
 
     def eviction_key(self) -> tuple[float, float, str, int]:
         """Ollama's order: shortest keep_alive, then soonest expiry, then name."""
@@ -88,6 +90,8 @@ class Lease:
 
     slot: Slot
     load: float
+    vram_fraction: float = 1.0
+    """Share of its model in VRAM (below 1 the tokens come slower)."""
 
 
 @define
@@ -194,14 +198,19 @@ class Residency:
 
     # ------------------------------------------------------------- reporting
 
-    def finish_load(self, now: float = 0.0) -> Slot:
-        """The load started by the last StartLoad is done: its slot is resident."""
+    def finish_load(self, now: float = 0.0, vram_fraction: float = 1.0) -> Slot:
+        """The load started by the last StartLoad is done: its slot is resident.
+
+        ``vram_fraction`` is the share of it that went to VRAM.
+        """
         slot = self.loading
         if slot is None:
             raise RuntimeError("no load in progress")
         self.loading = None
         keep_alive = self._load_keep_alive
-        self.residents.insert(0, Resident(slot, keep_alive, now + keep_alive))
+        self.residents.insert(
+            0, Resident(slot, keep_alive, now + keep_alive, vram_fraction=vram_fraction)
+        )
         self.loads += 1
         self.swaps += 1 if self._load_swaps else 0
         for waiter in self.waiting:

@@ -92,7 +92,10 @@ def loaded_size(info: ModelInfo, context_length: int) -> int:
     return info.size + context_length * 128 * 1024
 
 
-def ps_entry(info: ModelInfo, context_length: int, expires_at: float) -> dict[str, Any]:
+def ps_entry(
+    info: ModelInfo, context_length: int, expires_at: float, vram_fraction: float = 1.0
+) -> dict[str, Any]:
+    """An ``/api/ps`` entry; ``size_vram`` is ``vram_fraction`` of ``size`` (0: all on the CPU)."""
     size = loaded_size(info, context_length)
     return {
         "name": info.name,
@@ -101,7 +104,7 @@ def ps_entry(info: ModelInfo, context_length: int, expires_at: float) -> dict[st
         "digest": info.digest,
         "details": details(info),
         "expires_at": rfc3339(expires_at),
-        "size_vram": size,
+        "size_vram": round(size * vram_fraction),
         "context_length": context_length,
     }
 

@@ -30,7 +30,14 @@ from twisted.web.resource import IResource
 from foreman.testing._exchange import Exchange
 from foreman.testing._faults import Fault, FaultBook
 from foreman.testing._gate import Gate
-from foreman.testing._models import Catalog, ModelInfo, ModelSpec, canonical_name
+from foreman.testing._models import (
+    Catalog,
+    ModelInfo,
+    ModelSpec,
+    canonical_name,
+    check_vram_fraction,
+    cpu_slowdown,
+)
 from foreman.testing._records import Disconnect, RecordedRequest
 from foreman.testing._residency import Grant, Lease, Residency, Slot
 from foreman.testing._resource import SimulatorResource
@@ -74,6 +81,7 @@ class OllamaSimulator:
         pull_time: float = 0.2,
         record_limit: int | None = 10_000,
         max_loaded: int = 1,
+        vram_fraction: float = 1.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -83,6 +91,7 @@ class OllamaSimulator:
             raise ValueError("token_rate, load_time, reply_tokens and pull_time must be >= 0")
         if isinstance(max_loaded, bool) or not isinstance(max_loaded, int) or max_loaded < 1:
             raise ValueError("max_loaded must be an integer >= 1")
+        healthy = check_vram_fraction(vram_fraction)
         self.reactor: Any = reactor
         self.token_rate = float(token_rate)
         self.load_time = float(load_time)
@@ -93,6 +102,11 @@ class OllamaSimulator:
         """Keep at most this many recent ``requests`` / ``disconnects`` (None: all)."""
         self.max_loaded = max_loaded
         """How many slots may be resident at once (``OLLAMA_MAX_LOADED_MODELS``)."""
+        self._healthy_vram = healthy
+        self._gpu_lost = False
+        self.vram_fraction = healthy
+        """Share in VRAM of the models loaded from now on (at most: a ``ModelSpec``
+        may say less); below 1 after :meth:`gpu_lost`."""
         if isinstance(models, str):
             models = [models]
         if isinstance(pullable, str):
@@ -178,6 +192,24 @@ class OllamaSimulator:
         slot = self._residency.resident
         return slot.context_length if slot else None
 
+    def slot_vram_fraction(self, slot: Slot) -> float:
+        """Share in VRAM of a resident slot (1.0 for one not resident)."""
+        entry = self._residency.find(slot)
+        return entry.vram_fraction if entry is not None else 1.0
+
+    def resident_vram_fraction(self, model: str | None = None) -> float | None:
+        """Share in VRAM of ``model`` (default: the most recently used); None: not resident."""
+        canon = canonical_name(model) if model else None
+        for entry in self._residency.residents:
+            if canon in (None, entry.slot.model):
+                return entry.vram_fraction
+        return None
+
+    @property
+    def gpu_is_lost(self) -> bool:
+        """True between :meth:`gpu_lost` and :meth:`gpu_restored`."""
+        return self._gpu_lost
+
     def resident_slots(self) -> list[tuple[Slot, float]]:
         """Each resident slot with when it expires (``inf``: never), most recently used first."""
         now = self.now()
@@ -237,6 +269,8 @@ class OllamaSimulator:
             "models": sorted(self.catalog.models),
             "token_rate": self.token_rate,
             "load_time": self.load_time,
+            "vram_fraction": self.vram_fraction,
+            "gpu_lost": self.gpu_is_lost,
         }
         if include_requests:
             body["requests"] = [r.describe() for r in self.requests]
@@ -286,7 +320,10 @@ class OllamaSimulator:
         return self._faults.take(path, inference)
 
     def reset(self, unload: bool = False) -> None:
-        """Forget counters, records and faults (``unload``: also unload idle models)."""
+        """Forget counters, records and faults, restore a lost GPU.
+
+        ``unload``: also unload the idle models.
+        """
         self.requests.clear()
         self.disconnects.clear()
         self.completed = 0
@@ -294,6 +331,7 @@ class OllamaSimulator:
         self._residency.loads = 0
         self._residency.swaps = 0
         self._faults.clear()
+        self.vram_fraction, self._gpu_lost = self._healthy_vram, False
         if unload:
             self.unload()
         self.changed()
@@ -311,11 +349,32 @@ class OllamaSimulator:
             self._pump()
         return bool(unloaded)
 
+    def gpu_lost(self, fraction: float = 0.0) -> None:
+        """The GPU came back wrong (a box resumed from sleep): models loaded from now on
+        get at most ``fraction`` of themselves in VRAM (0: all on the CPU).
+
+        ``/api/ps`` then reports ``size_vram`` = fraction * ``size`` for them and
+        their tokens come slower (:func:`cpu_slowdown`: ten times when wholly on
+        the CPU). Models already resident keep what they had, as in Ollama; unload
+        them (:meth:`unload`) to have them reloaded this way.
+        """
+        self.vram_fraction = check_vram_fraction(fraction)
+        self._gpu_lost = True
+        self.changed()
+
+    def gpu_restored(self) -> None:
+        """The GPU is back: models loaded from now on get the configured ``vram_fraction``."""
+        self.vram_fraction = self._healthy_vram
+        self._gpu_lost = False
+        self.changed()
+
     def next_id(self) -> int:
         return next(self._ids)
 
-    def token_interval(self, fault: Fault | None = None) -> float:
+    def token_interval(self, fault: Fault | None = None, vram_fraction: float = 1.0) -> float:
+        """Seconds between tokens; longer for a model partly on the CPU (``vram_fraction``)."""
         interval = 1.0 / self.token_rate if self.token_rate > 0 else 0.0
+        interval *= cpu_slowdown(vram_fraction)
         if fault is Fault.SLOW:
             return max(1.0, 10 * interval)
         return interval
@@ -346,7 +405,7 @@ class OllamaSimulator:
                 self._pump()
             raise
         load = ticket.granted_at - started if ticket.loaded else WARM_LOAD_SECONDS
-        return Lease(slot, load)
+        return Lease(slot, load, self.slot_vram_fraction(slot))
 
     def release(self, lease: Lease) -> None:
         self._release(lease.slot)
@@ -395,7 +454,10 @@ class OllamaSimulator:
         if self._gate.closed:  # a suspended box finishes nothing: at the wake
             self._after_wake(self._load_done)
             return
-        self._residency.finish_load(self.now())
+        loading = self._residency.loading
+        info = self.catalog.find(loading.model) if loading is not None else None
+        healthy = info.vram_fraction if info is not None else 1.0
+        self._residency.finish_load(self.now(), min(healthy, self.vram_fraction))
         self.changed()
         self._pump()
 

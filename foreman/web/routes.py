@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from foreman.ops.metrics import CONTENT_TYPE
-from foreman.web import batch_routes, job_routes
+from foreman.web import batch_routes, job_routes, queue_routes
 from foreman.web.httpjson import BadRequest, json_error, json_response
 from foreman.web.openapi import openapi_document
 from foreman.web.view import DaemonView
@@ -86,4 +86,5 @@ def build_app(daemon: DaemonView) -> Klein:
     _register_ops(app, daemon)
     job_routes.register(app, daemon)
     batch_routes.register(app, daemon)
+    queue_routes.register(app, daemon)
     return app

@@ -15,6 +15,7 @@ from foreman.jobs.batches import BatchService
 from foreman.jobs.service import JobService
 from foreman.ops.metrics import Metrics
 from foreman.store.database import Store
+from foreman.work.control import QueueControl
 
 __all__ = ["DaemonView"]
 
@@ -31,6 +32,10 @@ class DaemonView(Protocol):
 
     @property
     def batches(self) -> BatchService: ...
+
+    @property
+    def control(self) -> QueueControl:
+        """Pause, resume, drain; the activity a keep-awake helper follows."""
 
     @property
     def clock(self) -> IReactorTime: ...

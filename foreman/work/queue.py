@@ -14,11 +14,14 @@ from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
 
 from foreman.core.scheduler import INTERACTIVE, JOB, Resident, Scheduler, Waiting
 from foreman.work.admission import InferenceCall, QueueFull, Slot
 
 __all__ = ["Held", "WorkQueue"]
+
+_log = Logger(namespace="foreman.queue")
 
 
 @define
@@ -45,6 +48,8 @@ class WorkQueue:
     #: the worker dispatches nothing while the target is down, so the proxy may
     #: hand back a request that met a refusing target
     waits_for_target: bool = True
+    #: True while an operator has paused dispatching (``foreman.work.control``)
+    paused: Callable[[], bool] = lambda: False
 
     # -- the Admission interface, used by the proxy
 
@@ -57,6 +62,12 @@ class WorkQueue:
         d: Deferred[Slot] = Deferred(lambda _: self._drop(key))
         self._held[key] = Held(call, d, now)
         self.scheduler.add(Waiting(key, call.model, call.priority, now, self._seq, INTERACTIVE))
+        if self.paused():
+            _log.info(
+                "{path} for {model} waits: the queue is paused (POST /queue/resume)",
+                path=call.path,
+                model=call.model,
+            )
         self._wake()
         return d
 

@@ -148,6 +148,29 @@ class Worker:
         self.wakes = 0
         self.on_dispatch: Callable[[Waiting, float], None] | None = None
         self.on_wake: Callable[[float], None] | None = None
+        #: told when a request starts or ends running (the queue control follows it)
+        self.on_change: Callable[[], None] | None = None
+        self.paused = False
+        self._holding: list[Deferred[None]] = []
+
+    def hold(self) -> None:
+        """Dispatch nothing from the next pick on; the running request goes on."""
+        self.paused = True
+
+    def release(self) -> None:
+        """Dispatch again."""
+        self.paused = False
+        holding, self._holding = self._holding, []
+        for d in holding:
+            if not d.called:
+                d.callback(None)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # an observer never stops the work
+                _log.failure("worker: on_change raised")
 
     @property
     def loaded(self) -> str | None:
@@ -197,6 +220,11 @@ class Worker:
         while not self._stopping:
             try:
                 await self._wait(self._queue.wait_for_work())
+                while self.paused and not self._stopping:
+                    self.state = "paused"
+                    held: Deferred[None] = Deferred()
+                    self._holding.append(held)
+                    await self._wait(held)
                 await self._wait_for_target()
             except CancelledError:
                 break
@@ -346,6 +374,7 @@ class Worker:
             target_wait = max(0.0, ended - max(began, item.enqueued_at))
         slot = _WorkerSlot(waited * 1000.0, target_wait * 1000.0, released)
         self._slot = slot
+        self._changed()
         held.deferred.callback(slot)
         try:
             await released
@@ -354,6 +383,7 @@ class Worker:
             self._slot = None
             self.current = None
             self.state = "idle"
+            self._changed()
         if slot.code is not None and slot.code < 400:
             self._served(item.model)
             if needs_load and slot.load_seconds is not None:
@@ -362,6 +392,7 @@ class Worker:
     async def _run_job(self, item: Waiting) -> None:
         self.state = "working"
         self.current = {"kind": "job", "id": item.key, "model": item.model}
+        self._changed()
         try:
             running = Deferred.fromCoroutine(self._runner.run(item.key))
             self._prefetch_next()
@@ -371,6 +402,7 @@ class Worker:
         finally:
             self.current = None
             self.state = "idle"
+            self._changed()
 
     def _prefetch_next(self) -> None:
         """While the target works, read the row of the job most likely to run next."""

@@ -25,6 +25,7 @@ host outside this machine. The hypothesis seed is printed; replay a run with
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -88,10 +89,13 @@ SEED = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange
 
 
 def _loopback_webhook(body: Any) -> Any:
+    """A job's ``webhook_url`` and a batch's ``metadata.webhook_url``, on a closed port."""
     if isinstance(body, dict) and isinstance(body.get("webhook_url"), str):
         parts = urlsplit(body["webhook_url"])
         if parts.scheme.lower() in ("http", "https") and parts.netloc:
             body = {**body, "webhook_url": urlunsplit(parts._replace(netloc=LOOPBACK_HOOK))}
+    if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        body = {**body, "metadata": _loopback_webhook(body["metadata"])}
     return body
 
 
@@ -113,6 +117,16 @@ def _install_hooks(schema: Any) -> None:
         # repeated keys, not as a wrong value: not a test of foreman. An empty
         # value (?limit=) means "not given" to foreman, on purpose.
         return not any(isinstance(v, (dict, list)) or v == "" for v in (query or {}).values())
+
+    @schema.hook
+    def filter_body(context: Any, body: Any) -> bool:
+        # the upload's extra form fields are ignored by foreman, but requests
+        # (urllib3) writes their names the WHATWG way, a backslash unescaped,
+        # while foreman reads RFC quoted-pairs: a generated name ending in "\"
+        # comes out as `name="x\"`, ambiguous on the wire, not a test of foreman
+        if context.operation.label == "POST /v1/files" and isinstance(body, dict):
+            return not any("\\" in str(name) for name in body)
+        return True
 
 
 @contextmanager
@@ -211,3 +225,121 @@ def test_integral_float_priority_is_accepted(api: Api) -> None:
     response = api.session.post(api.url + "/jobs", json=body, timeout=30)
     assert response.status_code == 202, response.text
     assert response.json()["priority"] == 417
+
+
+# -- OpenAI's Batch API: real objects against the document
+#
+# The fuzzer never names a file or batch that exists (generated ids are
+# random), so what it checks of /v1/files and /v1/batches is mostly the
+# upload, the lists and the errors. Here one batch runs to its end and every
+# answer on the way is validated against the served document: the File,
+# Batch (request_counts, usage, timestamps), lists and deletion schemas.
+
+
+def _documented(api: Api, label: str, response: requests.Response) -> requests.Response:
+    operation = api.schema.find_operation_by_label(label)
+    assert operation is not None, f"{label} is not in the served /openapi.json"
+    operation.validate_response(response)
+    return response
+
+
+def _upload(api: Api, lines: list[Any]) -> dict[str, Any]:
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    response = api.session.post(
+        api.url + "/v1/files",
+        files={"file": ("lines.jsonl", data, "application/jsonl")},
+        data={"purpose": "batch"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = _documented(api, "POST /v1/files", response).json()
+    return body
+
+
+def _settled(api: Api, batch: dict[str, Any]) -> dict[str, Any]:
+    label = "GET /v1/batches/{batch_id}"
+    for _ in range(60):
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        counts = batch["request_counts"]
+        response = api.session.get(
+            f"{api.url}/v1/batches/{batch['id']}",
+            params={
+                "wait": 5,
+                "status": batch["status"],
+                "done": counts["completed"] + counts["failed"],
+            },
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        batch = _documented(api, label, response).json()
+    raise AssertionError(f"batch {batch['id']} did not end: {batch}")
+
+
+def _chat(custom_id: str, model: str = "llama3.2") -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+    }
+
+
+def test_a_batch_and_its_files_answer_as_documented(api: Api) -> None:
+    session, url = api.session, api.url
+    upload = _upload(api, [_chat("a"), _chat("b", model="no-such-model")])
+    for label, path in (
+        ("GET /v1/files", "/v1/files"),
+        ("GET /v1/files/{file_id}", f"/v1/files/{upload['id']}"),
+        ("GET /v1/files/{file_id}/content", f"/v1/files/{upload['id']}/content"),
+    ):
+        response = session.get(url + path, params={"limit": 3} if "{" not in label else None)
+        assert response.status_code == 200, response.text
+        _documented(api, label, response)
+
+    body = {
+        "input_file_id": upload["id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"purpose": "openapi"},
+    }
+    response = session.post(url + "/v1/batches", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    batch = _settled(api, _documented(api, "POST /v1/batches", response).json())
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 2, "completed": 1, "failed": 1}, batch
+    assert batch["usage"] is not None and batch["output_file_id"] and batch["error_file_id"]
+
+    response = session.get(url + "/v1/batches", params={"limit": 2}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert _documented(api, "GET /v1/batches", response).json()["data"][0]["id"] == batch["id"]
+
+    response = session.post(f"{url}/v1/batches/{batch['id']}/cancel", timeout=30)
+    assert response.status_code == 409, response.text
+    _documented(api, "POST /v1/batches/{batch_id}/cancel", response)
+
+    output = session.get(f"{url}/v1/files/{batch['output_file_id']}", timeout=30)
+    assert _documented(api, "GET /v1/files/{file_id}", output).json()["purpose"] == "batch_output"
+    for expected in (200, 404):
+        response = session.delete(f"{url}/v1/files/{batch['output_file_id']}", timeout=30)
+        assert response.status_code == expected, response.text
+        _documented(api, "DELETE /v1/files/{file_id}", response)
+
+
+def test_a_failed_batch_lists_its_errors_as_documented(api: Api) -> None:
+    bad = _chat("x") | {"method": "GET"}
+    upload = _upload(api, [bad, _chat("a"), _chat("a")])
+    body = {
+        "input_file_id": upload["id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    response = api.session.post(api.url + "/v1/batches", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    batch = _settled(api, _documented(api, "POST /v1/batches", response).json())
+    assert batch["status"] == "failed", batch
+    assert [(e["code"], e["param"], e["line"]) for e in batch["errors"]["data"]] == [
+        ("invalid_method", "method", 1),
+        ("duplicate_custom_id", "custom_id", 3),
+    ], batch
+    assert batch["failed_at"] is not None and batch["completed_at"] is None

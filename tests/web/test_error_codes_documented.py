@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = (
     "foreman/web/job_routes.py",
+    "foreman/web/queue_routes.py",
     "foreman/web/routes.py",
     "foreman/web/site.py",
     "foreman/jobs/service.py",

@@ -43,6 +43,7 @@ from foreman.store.database import Store
 from foreman.store.migrations import migrate
 from foreman.web.routes import build_app
 from foreman.web.view import DaemonView
+from foreman.work.control import QueueControl
 from foreman.work.queue import WorkQueue
 from foreman.work.views import queue_view
 from foreman.work.worker import Worker
@@ -87,6 +88,7 @@ class View:
     queue: WorkQueue
     worker: Worker
     batches: BatchService
+    control: QueueControl
     public_url: str | None = None
     trusted_proxies: TrustedProxies = attrs.field(
         factory=lambda: TrustedProxies.parse("127.0.0.0/8,::1")
@@ -259,7 +261,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
             default_webhook=None,
             check_webhook=_check_webhook,
         )
-        view = View(store, metrics, jobs, clock, queue, worker, batches)
+        control = QueueControl(store, queue, worker, clock)
+        view = View(store, metrics, jobs, clock, queue, worker, batches, control)
         yield Api(view, clock, StubTreq(build_app(_as_view(view)).resource()), artifacts)
     finally:
         store.close()
@@ -917,13 +920,30 @@ async def test_openapi_document(api: Api) -> None:
         "/jobs/{job_id}/events",
         "/jobs/{job_id}/artifacts/{name}",
         "/queue",
+        "/queue/pause",
+        "/queue/resume",
+        "/queue/drain",
+        "/queue/activity",
         "/status",
         "/healthz",
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/files/{file_id}/content",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/batches/{batch_id}/cancel",
     }
     assert {"get", "post"} <= set(doc["paths"]["/jobs"])
+    methods = {p: set(item) - {"parameters"} for p, item in doc["paths"].items()}
+    assert methods["/v1/files"] == {"get", "post"}
+    assert methods["/v1/files/{file_id}"] == {"get", "delete"}
+    assert methods["/v1/batches"] == {"get", "post"}
+    assert methods["/v1/batches/{batch_id}"] == {"get"}
+    assert methods["/v1/batches/{batch_id}/cancel"] == {"post"}
+    assert methods["/queue/drain"] == {"post"} and methods["/queue/activity"] == {"get"}
     assert doc["servers"] == [{"url": BASE}]
 
     api.view.public_url = "https://ai.example.com"
@@ -934,7 +954,7 @@ async def test_openapi_document(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.parametrize("path", ["/nope", "/jobs/a/b/c", "/queue/x", "/jobs/job_x/cancel/now"])
+@pytest.mark.parametrize("path", ["/nope", "/jobs/a/b/c", "/jobs/job_x/cancel/now"])
 async def test_unknown_path_is_404_json(api: Api, path: str) -> None:
     assert_error(await api.get(path), 404, "not_found")
 
