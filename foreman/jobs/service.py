@@ -270,12 +270,11 @@ class JobService:
             if unqueued:
                 self.requeue(row)
             raise
-        if changed is None:
-            if unqueued:  # it was not queued after all (running, or finished meanwhile)
-                self.requeue(row)
+        if changed is None:  # it finished meanwhile
             return await self.get_row(job_id), False
-        if row.state != jobstate.JobState.QUEUED:
-            abort_running(job_id)
+        # the row read above may predate the attempt's own state writes (they are
+        # not waited for before the call): abort whatever runs under this id
+        abort_running(job_id)
         return changed, True
 
     async def delete(self, job_id: str) -> str:

@@ -130,7 +130,12 @@ async def test_sleep_mid_job_requeues_it_without_an_attempt(tmp_path: Path) -> N
         noticed = time.monotonic() - slept
         assert noticed < BOUND, f"took {noticed:.1f} s to notice"
         await until(lambda: stack.daemon.worker.state == "waiting_for_target", timeout=5)
-        shown = (await stack.get(f"/jobs/{job['id']}")).json()
+        deadline = time.monotonic() + 5  # recorded just after the worker is freed
+        while True:
+            shown = (await stack.get(f"/jobs/{job['id']}")).json()
+            if shown["state"] != "working" or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
         assert (shown["state"], shown["attempts"]) == ("queued", 0), shown
         assert shown["error"]["code"] == "target_unreachable"
         status = (await stack.get("/status")).json()
