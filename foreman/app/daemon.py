@@ -206,7 +206,7 @@ class Daemon:
         self.worker.cancel_job(job_id)
 
     def queue_view(self, limit: int) -> dict[str, Any]:
-        view = queue_view(self.queue, self.worker, self.reactor.seconds(), limit)
+        view = queue_view(self.queue, self.worker, self.reactor.seconds(), limit, self.jobs.eta_of)
         view["state"] = self.control.state()
         return view
 
@@ -218,6 +218,7 @@ class Daemon:
             "target": self._target_status(),
             **work_status(self.queue, self.worker),
             "control": self.control.state(),
+            "learned": self.worker.estimator.learned(),
         }
 
     def _wake_status(self) -> dict[str, Any]:

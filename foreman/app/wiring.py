@@ -7,12 +7,14 @@ dependency graph of a running foreman can be read in one function.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from foreman.app.config import Config
 from foreman.app.observe import live_state, request_line
 from foreman.app.parts import Parts
 from foreman.core.errors import BadRequest
+from foreman.core.jobview import rfc3339
 from foreman.core.scheduler import Scheduler
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.batches import BatchService
@@ -34,6 +36,7 @@ from foreman.web.site import ForemanSite
 from foreman.web.upload import Upload
 from foreman.web.view import DaemonView
 from foreman.work.control import QueueControl
+from foreman.work.etaboard import EtaBoard
 from foreman.work.queue import WorkQueue
 from foreman.work.worker import Worker
 
@@ -113,6 +116,18 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         allow_private=config.webhook_allow_private,
     )
     control = QueueControl(store, queue, worker, reactor, recording=lambda: runner.recording)
+    etas = EtaBoard(queue, worker)
+
+    def eta_of(key: str) -> dict[str, Any] | None:
+        found = etas.of(key)
+        return None if found is None else found.as_dict(rfc3339)
+
+    def batch_eta(keys: Iterable[str]) -> dict[str, Any] | None:
+        found = etas.last_of(keys)
+        return None if found is None else found.as_dict(int)
+
+    jobs.eta_of = eta_of
+    batches.eta_of = batch_eta
     runner.on_recorded = control.recorded
     queue.paused = lambda: worker.paused
     jobs.outbox_listeners.append(delivery.poke)

@@ -6,7 +6,10 @@
   reactor; the reactor runs in a shared background thread.
 
 Both also speak OpenAI's Batch API as foreman serves it (``upload_file``,
-``submit_batch``, ``wait_batch``, ``batch_output`` …).
+``submit_batch``, ``wait_batch``, ``batch_output`` …), and control the queue
+as a whole (``pause``, ``resume``, ``drain``, ``activity``). ``foreman
+keep-awake`` (:mod:`foreman.client.keepawake`) keeps the box running Ollama
+awake while there is work.
 
 See ``docs/client.md``.
 """
@@ -52,6 +55,9 @@ from foreman.client._models import (
     JobEvent,
     JobPage,
     JobState,
+    QueueActivity,
+    QueueItem,
+    QueueState,
 )
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import AsyncioIterator, EventStream, JobIterator, PullStream
@@ -93,7 +99,10 @@ __all__ = [
     "PayloadTooLarge",
     "PullFailed",
     "PullStream",
+    "QueueActivity",
     "QueueFull",
+    "QueueItem",
+    "QueueState",
     "ReactorThreadError",
     "RetryPolicy",
     "ServiceUnavailable",

@@ -46,6 +46,8 @@ from foreman.client._models import (
     Job,
     JobPage,
     JobState,
+    QueueActivity,
+    QueueState,
     parse_results,
 )
 from foreman.client._retry import RetryPolicy
@@ -71,6 +73,8 @@ LONG_POLL_SECONDS = 55.0
 # foreman pings an idle event stream every 15 s; silence this long means a dead link.
 EVENT_IDLE_TIMEOUT = 60.0
 DEFAULT_BATCH_ENDPOINT = "/v1/chat/completions"
+# the longest ?wait= foreman accepts
+MAX_WAIT_SECONDS = 300.0
 # wait_batch asks at most this often: a busy batch changes its counts many times a
 # second, and each change answers a long-poll at once
 MIN_POLL_INTERVAL = 0.5
@@ -612,6 +616,85 @@ class AsyncForemanClient:
             raise ForemanError(
                 f"file {file_id} is not a batch result file: {e}", code="bad_reply"
             ) from e
+
+    # -- the queue as a whole: pause, resume, drain; activity (what keep-awake follows)
+
+    @_deferred
+    async def queue_state(self, limit: int | None = None) -> QueueState:
+        """Whether foreman dispatches (paused, draining …) and the first waiting items.
+
+        ``limit`` caps ``items`` (foreman's default is 100).
+        """
+        reply = await self._transport.call("GET", "/queue", params=_params(limit=limit))
+        data = reply.json()
+        if isinstance(data, dict) and data.get("object") == "queue" and "state" not in data:
+            raise ForemanError(
+                f"{reply.request} has no queue state: this foreman predates pause and resume",
+                code="unsupported",
+                status=reply.status,
+            )
+        return reply.parse(QueueState.from_dict)
+
+    @_deferred
+    async def pause(self) -> QueueState:
+        """Stop dispatching (running work goes on; new work queues); kept across restarts.
+
+        Idempotent: pausing a paused queue changes nothing (``since`` stays).
+        """
+        reply = await self._transport.call("POST", "/queue/pause")
+        return reply.parse(QueueState.from_dict)
+
+    @_deferred
+    async def resume(self) -> QueueState:
+        """Dispatch again after ``pause`` or ``drain`` (nothing happens if not paused)."""
+        reply = await self._transport.call("POST", "/queue/resume")
+        return reply.parse(QueueState.from_dict)
+
+    @_deferred
+    async def drain(self, wait: float | None = None) -> QueueState:
+        """Pause and let the running work end: the state says ``drained`` once nothing runs.
+
+        Without ``wait`` the answer comes at once; with it, once drained or
+        after ``wait`` seconds (``math.inf``: until drained), whichever is
+        first: long-polls of at most 55 s (draining again is harmless).
+        Check ``.drained`` on the result: a timeout is not an error.
+        """
+        if wait is None:
+            return await self._drain(None)
+        clock = self._reactor
+        deadline = clock.seconds() + max(0.0, wait)
+        while True:
+            left = max(0.0, deadline - clock.seconds())
+            state = await self._drain(min(LONG_POLL_SECONDS, left))
+            if state.drained or clock.seconds() >= deadline:
+                return state
+
+    async def _drain(self, wait: float | None) -> QueueState:
+        params = None
+        timeout = None
+        if wait is not None:
+            params = {"wait": f"{wait:.3f}"}
+            timeout = wait + self._transport.timeout
+        reply = await self._transport.call("POST", "/queue/drain", params=params, timeout=timeout)
+        return reply.parse(QueueState.from_dict)
+
+    @_deferred
+    async def activity(self, wait: float = 0.0, busy: bool | None = None) -> QueueActivity:
+        """Whether work is queued or running (``busy``), and the counts.
+
+        A long-poll: given ``busy`` as you last saw it, foreman answers as soon
+        as it differs, or after ``wait`` seconds (at most 300) unchanged; with
+        ``busy=None`` it answers at once. Following foreman this way costs one
+        request per change (and one per ``wait`` while nothing changes).
+        """
+        wait = min(max(0.0, wait), MAX_WAIT_SECONDS)
+        params = {"wait": f"{wait:.3f}"}
+        if busy is not None:
+            params["busy"] = "true" if busy else "false"
+        reply = await self._transport.call(
+            "GET", "/queue/activity", params=params, timeout=wait + self._transport.timeout
+        )
+        return reply.parse(QueueActivity.from_dict)
 
     # -- lifetime
 

@@ -34,6 +34,8 @@ from foreman.client._models import (
     JobEvent,
     JobPage,
     JobState,
+    QueueActivity,
+    QueueState,
 )
 from foreman.client._retry import RetryPolicy
 from foreman.client._streams import DeferredIterator, EventStream, PullStream
@@ -298,6 +300,25 @@ class ForemanClient:
 
     def batch_output(self, batch_id: str, errors: bool = False) -> builtins.list[BatchResult]:
         return self._in_reactor(lambda c: c.batch_output(batch_id, errors))
+
+    # -- the queue as a whole
+
+    def queue_state(self, limit: int | None = None) -> QueueState:
+        return self._in_reactor(lambda c: c.queue_state(limit))
+
+    def pause(self) -> QueueState:
+        return self._in_reactor(lambda c: c.pause())
+
+    def resume(self) -> QueueState:
+        return self._in_reactor(lambda c: c.resume())
+
+    def drain(self, wait: float | None = None) -> QueueState:
+        """As AsyncForemanClient.drain: blocks until drained or ``wait`` s passed."""
+        return self._in_reactor(lambda c: c.drain(wait))
+
+    def activity(self, wait: float = 0.0, busy: bool | None = None) -> QueueActivity:
+        """As AsyncForemanClient.activity: blocks up to ``wait`` s while ``busy`` holds."""
+        return self._in_reactor(lambda c: c.activity(wait, busy))
 
     def close(self) -> None:
         """Close this client's connections (the shared reactor thread keeps running)."""

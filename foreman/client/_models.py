@@ -29,6 +29,9 @@ __all__ = [
     "JobEvent",
     "JobPage",
     "JobState",
+    "QueueActivity",
+    "QueueItem",
+    "QueueState",
     "parse_results",
 ]
 
@@ -471,3 +474,118 @@ def parse_results(data: bytes) -> list[BatchResult]:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"line {number}: {e}") from None
     return results
+
+
+# -- the queue as a whole (SPEC "Jobs": GET /queue, POST /queue/pause|resume|drain)
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data[name]
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} is {value!r}, not a boolean")
+    return value
+
+
+@frozen
+class QueueItem:
+    """One entry of ``GET /queue``, in dispatch order: a job, a batch line or a waiting request.
+
+    ``id`` is the job's id (None for an interactive request, which has ``path``).
+    """
+
+    position: int
+    kind: str
+    model: str
+    priority: int
+    waited: float  # seconds
+    id: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueItem:
+        return cls(
+            position=int(data["position"]),
+            kind=str(data["kind"]),
+            model=str(data.get("model") or ""),
+            priority=int(data.get("priority") or 0),
+            waited=float(data.get("waited_ms") or 0.0) / 1000.0,
+            id=_opt_str(data.get("id")),
+            path=_opt_str(data.get("path")),
+        )
+
+
+@frozen
+class QueueState:
+    """Whether foreman dispatches: ``GET /queue``'s ``state`` and the pause/resume/drain replies.
+
+    ``paused``: nothing new is dispatched (kept across a restart); ``since``
+    is when (aware UTC). ``draining``: paused by a drain, which waits for the
+    running work to end; ``drained``: paused and nothing running. ``queued``
+    counts everything waiting (jobs, batch lines, interactive requests).
+    ``items`` and ``loaded_model`` come only with ``queue_state()``
+    (``GET /queue``): the first waiting items in dispatch order.
+    """
+
+    paused: bool
+    draining: bool
+    drained: bool
+    since: datetime.datetime | None
+    running: bool
+    queued: int
+    items: tuple[QueueItem, ...] = ()
+    loaded_model: str | None = None
+    raw: dict[str, Any] = field(factory=dict, eq=False, repr=False)
+
+    @property
+    def status(self) -> str:
+        """One word: ``running``, ``paused``, ``draining`` or ``drained``."""
+        if not self.paused:
+            return "running"
+        if self.draining:
+            return "drained" if self.drained else "draining"
+        return "paused"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueState:
+        """From a ``queue.state`` object, or from ``GET /queue`` (its ``state`` plus the items)."""
+        state = data["state"] if data.get("object") == "queue" else data
+        return cls(
+            paused=_flag(state, "paused"),
+            draining=_flag(state, "draining"),
+            drained=_flag(state, "drained"),
+            since=_time(state.get("since")),
+            running=_flag(state, "running"),
+            queued=int(state["queued"]),
+            items=tuple(QueueItem.from_dict(i) for i in data.get("data") or ())
+            if state is not data
+            else (),
+            loaded_model=_opt_str(data.get("loaded_model")) if state is not data else None,
+            raw=data,
+        )
+
+
+@frozen
+class QueueActivity:
+    """``GET /queue/activity``: is there work (queued or running)? What keep-awake follows.
+
+    ``busy`` is ``queued > 0 or running``; ``queued`` counts jobs, batch
+    lines and waiting requests alike.
+    """
+
+    busy: bool
+    queued: int
+    running: bool
+    paused: bool
+    draining: bool
+    raw: dict[str, Any] = field(factory=dict, eq=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueActivity:
+        return cls(
+            busy=_flag(data, "busy"),
+            queued=int(data["queued"]),
+            running=_flag(data, "running"),
+            paused=_flag(data, "paused"),
+            draining=_flag(data, "draining"),
+            raw=data,
+        )

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from foreman.client._models import Batch, BatchStatus, Job
+from foreman.client._models import Batch, BatchStatus, Job, QueueState
 
 __all__ = [
     "RateMeter",
@@ -25,6 +25,8 @@ __all__ = [
     "job_table",
     "pull_bar",
     "pull_line",
+    "queue_line",
+    "queue_summary",
 ]
 
 
@@ -315,3 +317,52 @@ def batch_table(batches: Iterable[Batch]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+# -- the queue as a whole
+
+
+def queue_line(state: QueueState) -> str:
+    """``paused since 2026-…Z: 3 queued, 1 running``: the state and what waits or runs."""
+    head = state.status
+    if state.paused and state.since is not None:
+        head += f" since {_when(state.since)}"
+    running = "1 running" if state.running else "nothing running"
+    return f"{head}: {grouped(state.queued)} queued, {running}"
+
+
+def queue_summary(state: QueueState) -> str:
+    """``foreman queue show``: the state, then the first waiting items in dispatch order."""
+    rows = [("state", state.status)]
+    if state.paused and state.since is not None:
+        rows.append(("since", _when(state.since)))
+    rows += [
+        ("queued", grouped(state.queued)),
+        ("running", "yes" if state.running else "no"),
+        ("loaded", state.loaded_model or "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    if not state.items:
+        return text
+    header = ("POS", "KIND", "MODEL", "PRIORITY", "WAITED", "ID")
+    table = [header] + [
+        (
+            str(i.position),
+            i.kind,
+            i.model,
+            str(i.priority),
+            duration(i.waited),
+            i.id or i.path or "-",
+        )
+        for i in state.items
+    ]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    shown = len(state.items)
+    if state.queued > shown:
+        lines.append(f"… and {grouped(state.queued - shown)} more")
+    return text + "\n\n" + "\n".join(lines)

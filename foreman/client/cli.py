@@ -1,13 +1,18 @@
-"""The ``foreman`` command: submit and follow jobs and batches, fetch artifacts, pull models.
+"""The ``foreman`` command: submit and follow jobs and batches, fetch artifacts, pull models,
+pause and drain the queue, keep the Ollama box awake while there is work.
 
 Exit status, distinct so scripts can tell "fix the command" from "the job
 failed" from "try again later": 0 success; 1 the job failed or was cancelled
 (or did not finish in ``--timeout``), a batch ended failed, expired or
-cancelled (or has no such output file yet), or a pull failed; 2 a usage or
+cancelled (or has no such output file yet), a pull failed, or a drain did not
+finish in ``--timeout``; 2 a usage or
 configuration error (bad arguments, an unusable URL, an unreadable request
 file) or foreman refused the request (HTTP 401, 404, 409 …); 3 foreman could
 not be reached (connection refused, DNS failure, timeout, connection lost);
 130 interrupted. Every failure is one line on stderr, never a traceback.
+``keep-awake`` runs until stopped: 0 after SIGTERM/SIGINT (the inhibitor
+released), 2 when it cannot work (no inhibitor program, the token refused);
+an unreachable foreman is retried, never an exit.
 Progress goes to stderr — one updating line on a terminal, plain lines
 otherwise — so stdout stays clean for results and ``--json``.
 """
@@ -39,7 +44,7 @@ from foreman.client._errors import (
     PullFailed,
     WaitTimeout,
 )
-from foreman.client._models import Batch, BatchStatus, Job, JobState
+from foreman.client._models import Batch, BatchStatus, Job, JobState, QueueState
 from foreman.client._render import (
     RateMeter,
     answer_text,
@@ -53,20 +58,37 @@ from foreman.client._render import (
     job_table,
     pull_bar,
     pull_line,
+    queue_line,
+    queue_summary,
+)
+from foreman.client.keepawake import (
+    DEFAULT_GRACE,
+    INHIBITOR_KINDS,
+    KeepAwakeError,
+    find_inhibitor,
+    parse_duration,
+    run_keep_awake,
 )
 
 __all__ = ["main", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK = 0
-EXIT_JOB = 1  # the job (batch) failed, was cancelled or did not finish in time; a pull failed
+EXIT_JOB = 1  # the job (batch) failed, was cancelled or did not finish in time; a pull failed;
+# a drain did not finish in time
 EXIT_USAGE = 2  # fix the command: arguments, URL, request file; or foreman said no (HTTP 4xx/5xx)
 EXIT_UNREACHABLE = 3  # no reply from foreman: refused, DNS, timeout, connection lost
 EXIT_INTERRUPTED = 130
 EXIT_STATUS = (
-    "Exit status: 0 ok; 1 job or batch failed, cancelled or unfinished, or a pull failed; "
+    "Exit status: 0 ok; 1 job or batch failed, cancelled or unfinished, a pull failed, "
+    "or a drain unfinished; "
     "2 usage or configuration error, or foreman refused the request (HTTP 4xx/5xx); "
     "3 foreman unreachable (connection refused, DNS, timeout); 130 interrupted."
+)
+KEEP_AWAKE_STATUS = (
+    "Runs until stopped. Exit status: 0 stopped by SIGTERM or SIGINT (the inhibitor released "
+    "first); 2 usage error, no inhibitor program, or foreman refused the token. An unreachable "
+    "foreman is retried (the inhibitor released after --grace), never an exit."
 )
 _STATES = [s.value for s in JobState]
 # off a terminal, a batch's progress line at most this often (a status change always)
@@ -503,6 +525,77 @@ def _batch_ended(cli: Cli, batch: Batch) -> int:
 _ERRORS_SHOWN = 5
 
 
+# -- the queue as a whole
+
+
+def cmd_queue(cli: Cli) -> int:
+    """``foreman queue`` alone: its commands."""
+    cli.args.command_parser.print_help(cli.stderr)
+    return EXIT_USAGE
+
+
+def _show_state(cli: Cli, state: QueueState) -> None:
+    if cli.args.json:
+        cli.print_json(state.raw)
+    else:
+        cli.print(queue_line(state))
+
+
+def cmd_queue_show(cli: Cli) -> int:
+    state = cli.client.queue_state(limit=cli.args.limit or None)
+    if cli.args.json:
+        cli.print_json(state.raw)
+    else:
+        cli.print(queue_summary(state))
+    return EXIT_OK
+
+
+def cmd_queue_pause(cli: Cli) -> int:
+    _show_state(cli, cli.client.pause())
+    return EXIT_OK
+
+
+def cmd_queue_resume(cli: Cli) -> int:
+    _show_state(cli, cli.client.resume())
+    return EXIT_OK
+
+
+def cmd_queue_drain(cli: Cli) -> int:
+    args = cli.args
+    if args.timeout is not None and not args.wait:
+        raise _Usage("--timeout needs --wait")
+    if not args.wait:
+        _show_state(cli, cli.client.drain())
+        return EXIT_OK
+    state = cli.client.drain()  # at once: the queue is paused before we wait
+    if not state.drained:
+        live = Live(cli.stderr)
+        live.show(f"{queue_line(state)}: waiting for the running work to end", important=True)
+        state = cli.client.drain(math.inf if args.timeout is None else args.timeout)
+        live.done()
+    _show_state(cli, state)
+    if not state.drained:
+        cli.stderr.write(
+            f"foreman: still running after {args.timeout:g} s; the queue stays paused "
+            "(foreman queue resume to dispatch again)\n"
+        )
+        return EXIT_JOB
+    return EXIT_OK
+
+
+# -- keep-awake
+
+
+def cmd_keep_awake(cli: Cli) -> int:
+    args = cli.args
+    try:
+        program = find_inhibitor(args.inhibitor)
+        return run_keep_awake(args.url, args.token, args.grace, program, cli.stderr)
+    except KeepAwakeError as e:
+        cli.stderr.write(f"foreman: keep-awake: {e}\n")
+        return EXIT_USAGE
+
+
 class _Usage(Exception):
     pass
 
@@ -539,6 +632,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    """argparse type: ``120``, ``120s``, ``2m``, ``0.5s`` …"""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _pair(text: str) -> tuple[str, str]:
     """argparse type: ``key=value``."""
     key, sep, value = text.partition("=")
@@ -570,16 +671,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="foreman",
         parents=[common],
-        description="Submit and follow foreman jobs and batches, fetch their results, pull models.",
+        description="Submit and follow foreman jobs and batches, fetch their results, pull models, "
+        "pause the queue, keep the Ollama box awake.",
         epilog=EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"foreman {__version__}")
     # not required: `foreman` alone prints the whole help (the commands), not one error line
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[[Cli], int], help: str, epilog: str = EXIT_STATUS
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, parents=[common], help=help, description=help, epilog=EXIT_STATUS
+            name, parents=[common], help=help, description=help, epilog=epilog
         )
         sub.set_defaults(handler=handler, command_parser=sub)
         return sub
@@ -626,7 +730,51 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--insecure", action="store_true", help="allow an insecure registry")
 
     _batch_parsers(command("batch", cmd_batch, "OpenAI batches: submit a JSONL file, follow it"))
+    _queue_parsers(command("queue", cmd_queue, "show, pause, resume or drain the queue"))
+
+    keep = command(
+        "keep-awake",
+        cmd_keep_awake,
+        "run on the Ollama box: keep it from sleeping while foreman has work",
+        KEEP_AWAKE_STATUS,
+    )
+    keep.add_argument(
+        "--grace",
+        type=_duration,
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help="hold on this long after the work ends or foreman stops answering "
+        "(120, 120s, 2m; default 2m)",
+    )
+    keep.add_argument(
+        "--inhibitor",
+        choices=INHIBITOR_KINDS,
+        default="auto",
+        help="systemd (systemd-inhibit) or caffeinate (macOS); auto picks what this system has",
+    )
     return parser
+
+
+def _queue_parsers(queue: argparse.ArgumentParser) -> None:
+    common = _common()
+    commands = queue.add_subparsers(dest="queue_command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[Cli], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, parents=[common], help=help, description=help, epilog=EXIT_STATUS
+        )
+        sub.set_defaults(handler=handler, command_parser=sub)
+        return sub
+
+    show = command("show", cmd_queue_show, "the queue's state and what waits, in dispatch order")
+    show.add_argument("--limit", type=_count, default=20, help="at most N items (0: foreman's 100)")
+    command("pause", cmd_queue_pause, "stop dispatching (running work goes on; kept on restart)")
+    command("resume", cmd_queue_resume, "dispatch again after pause or drain")
+    drain = command(
+        "drain", cmd_queue_drain, "pause and let the running work end (before maintenance)"
+    )
+    drain.add_argument("--wait", action="store_true", help="wait until nothing runs")
+    drain.add_argument("--timeout", type=_seconds, help="with --wait: give up after N seconds")
 
 
 def _batch_parsers(batch: argparse.ArgumentParser) -> None:

@@ -49,6 +49,7 @@ def job_object(
     position: int | None = None,
     tokens: int | None = None,
     seq: int | None = None,
+    eta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The job as clients see it; ``tokens`` overrides the stored count while working."""
     error = None
@@ -69,6 +70,7 @@ def job_object(
         "started_at": rfc3339(row.started_at),
         "finished_at": rfc3339(row.finished_at),
         "position": position if row.state == JobState.QUEUED else None,
+        "eta": eta if row.state == JobState.QUEUED else None,
         "progress": {"tokens": count} if row.state == JobState.WORKING or count else None,
         "artifacts": artifact_list(row, base_url),
         "result": json.loads(row.result) if row.result else None,

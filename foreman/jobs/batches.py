@@ -87,6 +87,7 @@ class _Live:
     completed: int = 0
     failed: int = 0  # failed + cancelled lines so far
     unfinished: int = 0
+    queued: set[str] = field(factory=set)  # ids of lines still waiting (for the estimate)
     expiry: Any = None  # IDelayedCall
     waiters: list[Deferred[None]] = field(factory=list)
 
@@ -140,6 +141,8 @@ class BatchService:
         self._check_webhook = check_webhook
         self.abort_running: Callable[[str], None] = lambda job_id: None
         self.window = WINDOW  # seconds a batch has to finish: "24h" (tests shorten it)
+        #: the estimated start and finish of the last of some waiting lines (foreman's extension)
+        self.eta_of: Callable[[set[str]], dict[str, Any] | None] = lambda keys: None
         self._live: dict[str, _Live] = {}
         self._finishing: set[str] = set()
         self._tasks: set[Deferred[Any]] = set()
@@ -211,7 +214,10 @@ class BatchService:
 
     def render(self, row: BatchRow) -> dict[str, Any]:
         live = self._live.get(row.id)
-        return batch_object(row, live.counts if live is not None else None)
+        body = batch_object(row, live.counts if live is not None else None)
+        if live is not None and live.queued:
+            body["eta"] = self.eta_of(live.queued)  # foreman's extension: when it will end
+        return body
 
     async def get(self, batch_id: str) -> dict[str, Any]:
         return self.render(await self.row(batch_id))
@@ -230,20 +236,26 @@ class BatchService:
             if d in live.waiters:
                 live.waiters.remove(d)
 
-        d: Deferred[None] = Deferred(forget)
-        live.waiters.append(d)
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            d: Deferred[None] = Deferred(forget)
+            live.waiters.append(d)
 
-        def time_up() -> None:
-            if not d.called:
-                d.callback(None)
+            def time_up(d: Deferred[None] = d) -> None:
+                if not d.called:
+                    d.callback(None)
 
-        timer = self.reactor.callLater(timeout, time_up)
-        try:
-            await d
-        finally:
-            if timer.active():
-                timer.cancel()
-        return self.render(await self.row(batch_id))
+            timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), time_up)
+            try:
+                await d
+            finally:
+                if timer.active():
+                    timer.cancel()
+            body = self.render(await self.row(batch_id))
+            if _changed(body, status, done) or self.reactor.seconds() >= deadline:
+                return body
+            if batch_id not in self._live:
+                return body
 
     async def list_page(self, after: str | None, limit: int) -> dict[str, Any]:
         rows, more = await self.store.read(sql.list_batches, after, limit)
@@ -367,6 +379,7 @@ class BatchService:
                 continue
             await self._recount(row.id, live)
             if status is BatchStatus.IN_PROGRESS:
+                live.queued = set(await self.store.read(sql.queued_lines, row.id))
                 self._arm_expiry(row)
                 self._finish_if_done(row.id)
             else:  # cancelling or finalizing: whatever is still queued must not run
@@ -489,7 +502,7 @@ class BatchService:
         lines = _Reader(self.files.lines(row.input_file_id, self.line_limit))
         checker = LineChecker(row.endpoint, self.max_lines, self.line_limit)
         total = 0
-        added: list[JobRow] = []
+        added: list[tuple[str, str, int, float, None]] = []  # what the queue needs, no more
         while True:
             chunk = await deferToThread(lines.take, checker, INSERT_CHUNK)
             last = len(chunk) < INSERT_CHUNK
@@ -504,7 +517,8 @@ class BatchService:
             except _Cancelled:
                 moved = None
                 break
-            added += inserted
+            added += [(j.id, j.model, j.priority, j.created_at, None) for j in inserted]
+            del inserted
             if last:
                 break
             current: BatchRow | None = await self.store.read(sql.get_batch, row.id)
@@ -517,7 +531,8 @@ class BatchService:
             return None
         live = self._live.setdefault(row.id, _Live())
         live.total = live.unfinished = total
-        self.jobs.queue.add_jobs([(j.id, j.model, j.priority, j.created_at, None) for j in added])
+        live.queued = {key for key, *_ in added}
+        self.jobs.queue.add_jobs(list(added))
         self._notify(row.id)
         self._arm_expiry(moved)
         self._finish_if_done(row.id)
@@ -572,6 +587,7 @@ class BatchService:
         for job, event in changed:
             self.jobs.queue.remove_job(job.id)
             self.jobs.published_quietly(job, event)
+            live.queued.discard(job.id)
         live.failed += len(changed)
         live.unfinished -= len(changed)
         running: list[tuple[str, str]] = await self.store.read(sql.unfinished_lines, row.id)
@@ -592,6 +608,7 @@ class BatchService:
         else:
             live.failed += 1
         live.unfinished -= 1
+        live.queued.discard(row.id)
         self._notify(row.batch_id)
         self._finish_if_done(row.batch_id)
 

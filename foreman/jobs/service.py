@@ -110,6 +110,8 @@ class JobService:
         self.outbox_listeners: list[Callable[[], None]] = []
         self.resident: Callable[[], tuple[str, ...]] = tuple
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
+        #: the estimated start and finish of a queued job (``foreman.work.etaboard``)
+        self.eta_of: Callable[[str], dict[str, Any] | None] = lambda job_id: None
         #: told of every batch line that reached done, failed or cancelled
         self.line_listeners: list[Callable[[JobRow], None]] = []
         #: True while a batch still needs its lines (they cannot be deleted then)
@@ -121,13 +123,15 @@ class JobService:
         return self.public_url or row.base_url or ""
 
     def render(self, row: JobRow, seq: int | None = None) -> dict[str, Any]:
-        position = None
+        position = eta = None
         if row.state == jobstate.JobState.QUEUED:
             position = self.queue.position(row.id, self.resident())
+            eta = self.eta_of(row.id)
         return job_object(
             row,
             self.base_url(row),
             position=position,
+            eta=eta,
             tokens=self.live_tokens(row.id) if row.state == jobstate.JobState.WORKING else None,
             seq=seq,
         )

@@ -363,6 +363,22 @@ _SCHEMAS: dict[str, Any] = {
             "started_at": _NULLABLE_TIME,
             "finished_at": _NULLABLE_TIME,
             "position": {"type": ["integer", "null"], "minimum": 0},
+            "eta": {
+                "description": "estimated start and finish while queued (learned per model)",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["start_at", "finish_at", "known"],
+                        "properties": {
+                            "start_at": {"type": "string", "format": "date-time"},
+                            "finish_at": {"type": "string", "format": "date-time"},
+                            "known": {"type": "boolean"},
+                            "note": {"type": "string"},
+                        },
+                    },
+                ],
+            },
             "progress": {
                 "oneOf": [
                     {"type": "null"},

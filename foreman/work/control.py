@@ -65,6 +65,7 @@ class QueueControl:
     _activity: list[_Waiter] = field(factory=list)
     _drains: list[_Waiter] = field(factory=list)
     _busy: bool = False
+    _pending: Any = None  # IDelayedCall: a change seen, told at the end of this turn
 
     @property
     def paused(self) -> bool:
@@ -172,7 +173,16 @@ class QueueControl:
     # -- change notification
 
     def changed(self) -> None:
-        """Something queued, ran or finished: tell whoever waits for that."""
+        """Something queued, ran or finished: tell whoever waits, once this turn is over.
+
+        A pick takes an item off the queue a moment before the worker marks it
+        running; judged at once, that moment would read as idle.
+        """
+        if self._pending is None:
+            self._pending = self.clock.callLater(0, self._tell)
+
+    def _tell(self) -> None:
+        self._pending = None
         busy = self.busy
         if busy != self._busy:
             self._busy = busy
@@ -214,6 +224,9 @@ class QueueControl:
 
     def close(self) -> None:
         """Answer every waiter now (shutting down)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.active():
+            pending.cancel()
         self._fire(self._activity)
         self._fire(self._drains)
 

@@ -6,6 +6,7 @@ know those objects' insides; the routes only serialise the dicts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from foreman.core.scheduler import INTERACTIVE
@@ -15,8 +16,14 @@ from foreman.work.worker import Worker
 __all__ = ["queue_view", "work_status"]
 
 
-def queue_view(queue: WorkQueue, worker: Worker, now: float, limit: int) -> dict[str, Any]:
-    """The next ``limit`` items in dispatch order, with their waits at ``now``."""
+def queue_view(
+    queue: WorkQueue,
+    worker: Worker,
+    now: float,
+    limit: int,
+    eta: Callable[[str], dict[str, Any] | None] = lambda key: None,
+) -> dict[str, Any]:
+    """The next ``limit`` items in dispatch order, with their waits at ``now`` and estimates."""
     items = []
     for position, item in enumerate(queue.order(worker.resident(), limit)):
         entry: dict[str, Any] = {
@@ -25,6 +32,7 @@ def queue_view(queue: WorkQueue, worker: Worker, now: float, limit: int) -> dict
             "model": item.model,
             "priority": item.priority,
             "waited_ms": round(max(0.0, now - item.enqueued_at) * 1000.0, 1),
+            "eta": eta(item.key),
         }
         if item.kind == INTERACTIVE:
             held = queue.held(item.key)

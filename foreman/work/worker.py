@@ -28,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
 from foreman.core.backoff import RECORD_RETRY
+from foreman.core.eta import Estimator
 from foreman.core.residency import ResidentModel, ResidentSet, canonical_model
 from foreman.core.scheduler import INTERACTIVE, Waiting
 from foreman.core.wake import WakePlan
@@ -152,6 +153,10 @@ class Worker:
         self.on_change: Callable[[], None] | None = None
         self.paused = False
         self._holding: list[Deferred[None]] = []
+        #: per-model times learned from the dispatches, for estimates (``core.eta``)
+        self.estimator = Estimator()
+        self.dispatched_at: float | None = None
+        self._load_seen: tuple[str, float] | None = None
 
     def hold(self) -> None:
         """Dispatch nothing from the next pick on; the running request goes on."""
@@ -345,13 +350,20 @@ class Worker:
             if others_resident or (self.last_model not in (None, item.model)):
                 self.swaps += 1
         self.dispatched += 1
+        started = self._reactor.seconds()
+        self.dispatched_at, self._load_seen = started, None
         if item.kind == INTERACTIVE:
-            await self._admit(item, waited, needs_load)
+            served = await self._admit(item, waited, needs_load)
         else:
-            await self._run_job(item)
+            served = await self._run_job(item)
+        self.dispatched_at = None
+        if served:  # learn how long it held the target, without its load
+            load = self._load_seen[1] if self._load_seen is not None else None
+            self.estimator.observe(item.model, self._reactor.seconds() - started, load)
 
     def observe_load(self, model: str, seconds: float) -> None:
         """A load of ``model`` took ``seconds``: the scheduler breaks ties with it."""
+        self._load_seen = (model, seconds)
         self.residency.observe_load(model, seconds)
         self._queue.scheduler.load_costs = self.residency.load_costs
 
@@ -360,10 +372,11 @@ class Worker:
         self.last_model = model
         self.residency.observe_response(model, self._queue.clock())
 
-    async def _admit(self, item: Waiting, waited: float, needs_load: bool) -> None:
+    async def _admit(self, item: Waiting, waited: float, needs_load: bool) -> bool:
+        """Run one interactive request; True when the target answered it."""
         held = self._queue.take_held(item.key)
         if held is None or held.deferred.called:
-            return  # the client left between pick and dispatch
+            return False  # the client left between pick and dispatch
         released: Deferred[None] = Deferred()
         self._released = released
         self.state = "working"
@@ -388,8 +401,11 @@ class Worker:
             self._served(item.model)
             if needs_load and slot.load_seconds is not None:
                 self.observe_load(item.model, slot.load_seconds)
+            return True
+        return False
 
-    async def _run_job(self, item: Waiting) -> None:
+    async def _run_job(self, item: Waiting) -> bool:
+        """Run one job's attempt; True when the target answered it."""
         self.state = "working"
         self.current = {"kind": "job", "id": item.key, "model": item.model}
         self._changed()
@@ -399,6 +415,8 @@ class Worker:
             model = await running
             if model is not None:
                 self._served(model)
+                return True
+            return False
         finally:
             self.current = None
             self.state = "idle"

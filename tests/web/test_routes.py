@@ -68,6 +68,7 @@ JOB_KEYS = {
     "started_at",
     "finished_at",
     "position",
+    "eta",
     "progress",
     "artifacts",
     "result",
@@ -328,6 +329,7 @@ async def test_create_job(api: Api) -> None:
         "started_at": None,
         "finished_at": None,
         "position": 0,
+        "eta": None,
         "progress": None,
         "artifacts": [
             {
@@ -596,7 +598,8 @@ async def test_cancel_a_queued_job_then_again(api: Api) -> None:
     assert cancelled["position"] is None
     assert cancelled["error"] is None
     assert len(api.view.queue.scheduler) == 0  # left the queue
-    assert api.view.aborted == []  # nothing was running
+    # whatever runs under its id is aborted: nothing does (the daemon's abort is a no-op then)
+    assert api.view.aborted == [job["id"]]
 
     again = await api.post(f"/jobs/{job['id']}/cancel")
     assert "cancelled" in assert_error(again, 409, "not_cancellable")
@@ -817,6 +820,7 @@ async def test_queue_lists_waiting_jobs_in_dispatch_order(api: Api) -> None:
                 "model": "b",
                 "priority": 50,
                 "waited_ms": 250.0,
+                "eta": None,
                 "id": high["id"],
             },
             {
@@ -825,6 +829,7 @@ async def test_queue_lists_waiting_jobs_in_dispatch_order(api: Api) -> None:
                 "model": "a",
                 "priority": -5,
                 "waited_ms": 2250.0,
+                "eta": None,
                 "id": low["id"],
             },
         ],

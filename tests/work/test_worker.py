@@ -735,6 +735,7 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
                 "model": "a",
                 "priority": 10,
                 "waited_ms": 3000.0,
+                "eta": None,
                 "path": "/api/chat",
             },
             # drain-by-model continues with the admission's model
@@ -744,6 +745,7 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
                 "model": "a",
                 "priority": 0,
                 "waited_ms": 13000.0,
+                "eta": None,
                 "id": "j_old",
             },
             {
@@ -752,6 +754,7 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
                 "model": "a",
                 "priority": 0,
                 "waited_ms": 4000.0,
+                "eta": None,
                 "id": "j_a2",
             },
             {
@@ -760,6 +763,7 @@ def test_queue_view_and_work_status(clock: Clock) -> None:
                 "model": "b",
                 "priority": 0,
                 "waited_ms": 8000.0,
+                "eta": None,
                 "id": "j_b",
             },
         ],

@@ -1,0 +1,153 @@
+"""Estimated start and finish of what waits (pure): learned per model, walked in dispatch order.
+
+What is learned, per model, from the worker's own dispatches: how long one
+request keeps the target busy once its model is resident (a weighted mean,
+so a box that got slower is followed within a few requests), and what a
+load costs (``core.residency``). An estimate walks the dispatch order the
+scheduler would follow, adds a load wherever the simulated resident set
+does not hold the model (least recently used pushed out, as Ollama does),
+and the remaining time of the running request.
+
+An estimate is never a promise when nothing was learned: each one says
+whether every request before it (and itself) is of a model with learned
+times (``known``); otherwise the unknown ones count the mean of the models
+that were learned, or ``DEFAULT_SERVICE`` when none was, and say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from attrs import define, field, frozen
+
+from foreman.core.residency import canonical_model
+from foreman.core.scheduler import Waiting
+
+__all__ = ["DEFAULT_SERVICE", "Estimator", "Eta", "Running"]
+
+DEFAULT_SERVICE = 5.0  # seconds a request is guessed to take when nothing is learned
+WEIGHT = 0.3  # of the newest sample in the weighted mean
+
+
+@frozen
+class Eta:
+    start: float
+    finish: float
+    known: bool  # False: a model on the way has no learned times yet
+    unknown_models: tuple[str, ...] = ()
+
+    def as_dict(self, stamp: Callable[[float], object]) -> dict[str, object]:
+        """The public form; ``stamp`` turns epoch seconds into the API's time format."""
+        body: dict[str, object] = {
+            "start_at": stamp(self.start),
+            "finish_at": stamp(self.finish),
+            "known": self.known,
+        }
+        if not self.known:
+            names = ", ".join(self.unknown_models) or "these models"
+            body["note"] = f"a guess: nothing has finished yet for {names}"
+        return body
+
+
+@frozen
+class Running:
+    """The request at the target now: its model and when it was dispatched."""
+
+    model: str
+    since: float
+
+
+@define
+class _Mean:
+    value: float | None = None
+    samples: int = 0
+
+    def add(self, sample: float) -> None:
+        self.samples += 1
+        if self.value is None:
+            self.value = sample
+        else:
+            self.value += WEIGHT * (sample - self.value)
+
+
+@define
+class Estimator:
+    """Per-model service times, learned; estimates over a dispatch order."""
+
+    _service: dict[str, _Mean] = field(factory=dict)
+
+    def observe(self, model: str, seconds: float, load_seconds: float | None = None) -> None:
+        """A request for ``model`` held the target ``seconds`` (``load_seconds`` of it a load)."""
+        busy = seconds - (load_seconds or 0.0)
+        if busy < 0 or seconds > 24 * 3600:
+            return
+        self._service.setdefault(canonical_model(model), _Mean()).add(busy)
+
+    def service(self, model: str) -> float | None:
+        mean = self._service.get(canonical_model(model))
+        return None if mean is None else mean.value
+
+    def learned(self) -> dict[str, dict[str, float | int | None]]:
+        """For ``/status``: what is known per model."""
+        return {
+            name: {
+                "service_s": None if m.value is None else round(m.value, 3),
+                "samples": m.samples,
+            }
+            for name, m in sorted(self._service.items())
+        }
+
+    def _fallback(self) -> float:
+        known = [m.value for m in self._service.values() if m.value is not None]
+        return sum(known) / len(known) if known else DEFAULT_SERVICE
+
+    def plan(
+        self,
+        now: float,
+        order: Sequence[Waiting],
+        *,
+        running: Running | None,
+        resident: Sequence[str],
+        capacity: int,
+        load_costs: Mapping[str, float],
+    ) -> list[Eta]:
+        """An estimate per item of ``order`` (the scheduler's dispatch order), in that order."""
+        fallback = self._fallback()
+        clock = now
+        unknown: list[str] = []
+        if running is not None:
+            expected = self.service(running.model)
+            if expected is None:
+                unknown.append(canonical_model(running.model))
+                expected = fallback
+            # a request past its expected time is guessed to end soon, not in the past
+            left = expected - (now - running.since)
+            clock += max(left, expected * 0.1)
+        current = tuple(dict.fromkeys(canonical_model(m) for m in resident))
+        cap = max(capacity, len(current), 1)
+        plans: list[Eta] = []
+        for item in order:
+            model = canonical_model(item.model)
+            cost = 0.0
+            if model not in current:
+                cost += load_costs.get(model, 0.0)
+                current = (model, *current)[:cap]
+            else:
+                current = (model, *(m for m in current if m != model))
+            expected = self.service(model)
+            if expected is None:
+                if model not in unknown:
+                    unknown.append(model)
+                expected = fallback
+            start = clock + cost
+            clock = start + expected
+            plans.append(Eta(start, clock, not unknown, tuple(unknown)))
+        return plans
+
+    def beyond(self, last: Eta | None, now: float, extra: int) -> Eta:
+        """A rougher estimate ``extra`` places past ``last`` (past a planned prefix)."""
+        base = now if last is None else last.finish
+        step = self._fallback()
+        unknown = () if last is None else last.unknown_models
+        known = last.known if last is not None else bool(self._service)
+        return Eta(base + step * (extra - 1), base + step * extra, known, unknown)

@@ -1,0 +1,87 @@
+"""Estimates for what waits, from the worker's learned times (``core.eta``), cached briefly.
+
+The dispatch order of the first ``PLANNED`` items is simulated once and kept
+for ``FRESH`` seconds or until the queue changes, so a page of twenty jobs
+or a batch with thousands of lines costs one plan, not one each. Items past
+the planned prefix get a rougher estimate from the mean time per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from attrs import define, field
+
+from foreman.core.eta import Eta, Running
+from foreman.work.queue import WorkQueue
+from foreman.work.worker import Worker
+
+__all__ = ["EtaBoard"]
+
+PLANNED = 2000
+FRESH = 2.0
+
+
+@define
+class EtaBoard:
+    queue: WorkQueue
+    worker: Worker
+    _plan: dict[str, Eta] = field(factory=dict)
+    _last: Eta | None = None
+    _made: tuple[float, int, int] | None = None  # (time, depth, dispatched) of the plan
+
+    def _fresh(self) -> dict[str, Eta]:
+        now = self.queue.clock()
+        depth, dispatched = len(self.queue.scheduler), self.worker.dispatched
+        made = self._made
+        if made is not None and now - made[0] < FRESH and made[1:] == (depth, dispatched):
+            return self._plan
+        resident = self.worker.resident()
+        order = self.queue.order(resident, PLANNED)
+        current = self.worker.current
+        running = None
+        if current is not None and self.worker.dispatched_at is not None:
+            running = Running(str(current.get("model")), self.worker.dispatched_at)
+        etas = self.worker.estimator.plan(
+            now,
+            order,
+            running=running,
+            resident=resident,
+            capacity=self.queue.scheduler.capacity,
+            load_costs=self.worker.residency.load_costs,
+        )
+        self._plan = {item.key: eta for item, eta in zip(order, etas, strict=True)}
+        self._last = etas[-1] if etas else None
+        self._made = (now, depth, dispatched)
+        return self._plan
+
+    def of(self, key: str) -> Eta | None:
+        """The estimate for one waiting item (None: not waiting)."""
+        plan = self._fresh()
+        found = plan.get(key)
+        if found is not None:
+            return found
+        position = self.queue.position(key, self.worker.resident())
+        if position is None:
+            return None
+        return self.worker.estimator.beyond(
+            self._last, self.queue.clock(), position - len(plan) + 1
+        )
+
+    def last_of(self, keys: Iterable[str]) -> Eta | None:
+        """The estimate of whichever of ``keys`` runs last (a batch's finish)."""
+        plan = self._fresh()
+        latest: Eta | None = None
+        beyond = 0
+        waiting = self.queue.scheduler
+        for key in keys:
+            found = plan.get(key)
+            if found is None:
+                if key in waiting:  # running, or in a retry's backoff: not counted here
+                    beyond += 1
+            elif latest is None or found.finish > latest.finish:
+                latest = found
+        if beyond:
+            total_past = max(len(self.queue.scheduler) - len(plan), beyond)
+            return self.worker.estimator.beyond(self._last, self.queue.clock(), total_past)
+        return latest
