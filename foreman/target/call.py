@@ -2,10 +2,11 @@
 
 Failures are sorted into the kinds the job state machine decides on
 (unreachable, HTTP 4xx/5xx, reset, timeout). The call can be aborted at any
-moment (job cancelled, shutdown): before the response headers the Agent
-request is cancelled, afterwards the connection is closed, so the target
-stops generating at once. An idle timeout (no byte for ``idle_timeout``
-seconds) catches a hung target without limiting a long generation.
+moment (job cancelled, shutdown): before the response headers the request
+is cancelled, afterwards the connection is closed, so the target stops
+generating at once. An idle timeout (no byte for ``idle_timeout`` seconds)
+catches a hung target without limiting a long generation. The request goes
+through ``Upstream.relay``, the proxy's lean keep-alive client (ADR 0019).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
@@ -40,6 +40,8 @@ INTERNAL = "internal_error"  # foreman itself failed during the attempt (disk, d
 TOO_LARGE = "response_too_large"
 
 _ERROR_BODY_LIMIT = 64 * 1024
+_CONTENT_TYPE = b"Content-Type: application/json\r\n"
+_USER_AGENT = b"User-Agent: foreman-worker\r\n"
 
 
 class TargetError(Exception):
@@ -125,15 +127,10 @@ class TargetCall:
 
     async def run(self) -> int:
         """Send the request and deliver the body; returns the status (2xx) or raises."""
-        headers = Headers(
-            {b"Content-Type": [b"application/json"], b"User-Agent": [b"foreman-worker"]}
-        )
+        head = [_CONTENT_TYPE, _USER_AGENT]
         if self._token:
-            headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode()])
-        url = self._upstream.url(self._path.encode())
-        self._request = self._upstream.agent.request(
-            b"POST", url, headers, BytesProducer(self._body)
-        )
+            head.append(b"Authorization: Bearer %s\r\n" % self._token.encode())
+        self._request = self._upstream.relay(b"POST", self._path.encode(), head, self._body)
         self._arm()
         try:
             response = await self._request

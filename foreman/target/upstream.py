@@ -1,12 +1,16 @@
-"""The HTTP client foreman uses to reach the target: one Agent, one persistent pool.
+"""The HTTP clients foreman uses to reach the target, and their keep-alive pools.
 
-Connections to the target are HTTP/1.1 keep-alive (an Ollama round trip is
-cheap; a new TCP connection per request is not) and have TCP_NODELAY (set by
-``HTTP11ClientProtocol`` itself) so small writes do not wait for a delayed
-ACK. Endpoints are built once per target rather than per request, and an IP
-literal connects directly, without a resolver thread. Only connecting has a
-timeout here: a generation may legitimately take minutes, so callers add a
-header timeout where one makes sense (metadata).
+Requests that carry work (the proxy's relay, the worker's durable calls) go
+through ``Upstream.relay``: foreman's own lean HTTP/1.1 client
+(``foreman.target.wire``, ``foreman.target.wirepool``; ADR 0019). Everything
+else (the monitor's probes, ``/api/ps``) uses ``Upstream.agent``, Twisted's
+``Agent`` on an ``HTTPConnectionPool``. Both keep connections alive (an
+Ollama round trip is cheap; a new TCP connection per request is not) and set
+TCP_NODELAY so small writes do not wait for a delayed ACK. Endpoints are
+built once per target rather than per request, and an IP literal connects
+directly, without a resolver thread. Only connecting has a timeout here: a
+generation may legitimately take minutes, so callers add a header timeout
+where one makes sense (metadata).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from urllib.parse import urlsplit
 
 from attrs import define
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -24,7 +28,6 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web._newclient import Request
 from twisted.web.client import (
     URI,
     Agent,
@@ -34,6 +37,8 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
+
+from foreman.target.wirepool import WirePool
 
 __all__ = ["Upstream", "build_upstream"]
 
@@ -80,22 +85,20 @@ class _Pool(HTTPConnectionPool):
 
 @define
 class Upstream:
-    """The target, and the pool of keep-alive connections that reach it.
+    """The target, and the keep-alive connections that reach it.
 
-    ``relay`` is the proxy's hot path: it takes a pooled connection and
-    hands ``HTTP11ClientProtocol`` a request that writes itself in one
-    ``writeSequence`` (request line, headers, body), skipping the per-request
-    URI parsing, header copying and body-producer Deferreds of
-    ``Agent.request``. ``agent`` shares the same pool for everything else
-    (the monitor's probes).
+    ``relay`` is the hot path (the proxy's relay and the worker's durable
+    calls): a lean HTTP/1.1 client of our own (``foreman.target.wire``, ADR
+    0019) with its own pool, which writes request line, headers and body in
+    one ``writeSequence`` and parses the answer in place. ``agent`` is
+    Twisted's ``Agent`` on its own ``HTTPConnectionPool``, for everything else
+    (the monitor's probes, ``/api/ps``).
     """
 
     base_url: bytes
     agent: Agent
     pool: HTTPConnectionPool
-    key: tuple[bytes, bytes, int]
-    endpoint: IStreamClientEndpoint
-    host_line: bytes
+    wire: WirePool
     path: bytes
 
     def relay(
@@ -103,23 +106,22 @@ class Upstream:
     ) -> Deferred[IResponse]:
         """Send one request to the target; fires with the response once its headers arrive.
 
-        ``uri`` is the client's request target (path and query, origin form);
+        ``uri`` is the request target (path and query, origin form);
         ``head`` holds complete header lines (``b"Name: value\\r\\n"``)
         without Host and Content-Length, which are added here. A body may be
         bytes (written with the headers) or a producer with a known length
         (large uploads). Cancelling the Deferred aborts the request.
         """
-        request = _Relayed(method, self.path + uri, self.host_line, head, body)
-        d = self.pool.getConnection(self.key, self.endpoint)
-        return d.addCallback(_issue, request)
+        return self.wire.request(method, self.path + uri, head, body)
 
     def url(self, uri: bytes) -> bytes:
         """Absolute target URL for a request URI."""
         return self.base_url + uri
 
     def close(self) -> Deferred[None]:
-        """Close the cached keep-alive connections; fires when they are closed."""
-        d: Deferred[None] = self.pool.closeCachedConnections()
+        """Close the idle keep-alive connections; fires when they are closed."""
+        closing = [self.wire.close(), self.pool.closeCachedConnections()]
+        d: Deferred[None] = DeferredList(closing).addCallback(lambda _: None)
         return d
 
     def stop(self) -> Deferred[None]:
@@ -153,76 +155,18 @@ def build_upstream(
     host = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
     default_port = (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443))
     host_value = host if default_port else b"%b:%d" % (host, uri.port)
+    endpoint = endpoints.endpointForURI(uri)
+    wire = WirePool(
+        reactor,
+        endpoint,
+        b"Host: " + host_value + b"\r\n",
+        max_idle=max_persistent,
+        idle_timeout=idle_timeout,
+    )
     return Upstream(
         base_url=base,
         agent=agent,
         pool=pool,
-        key=(uri.scheme, uri.host, uri.port),
-        endpoint=endpoints.endpointForURI(uri),
-        host_line=b"Host: " + host_value + b"\r\n",
+        wire=wire,
         path=uri.path.rstrip(b"/"),
     )
-
-
-def _issue(protocol: Any, request: Request) -> Deferred[IResponse]:
-    result: Deferred[IResponse] = protocol.request(request)
-    return result
-
-
-class _Relayed(Request):
-    """A request that writes itself in one go.
-
-    ``HTTP11ClientProtocol`` only needs ``writeTo``/``stopWriting`` and the
-    ``method``, ``persistent`` and ``bodyProducer`` attributes (the pool's
-    retry of idempotent requests on a stale connection reads the latter).
-    """
-
-    def __init__(
-        self,
-        method: bytes,
-        uri: bytes,
-        host_line: bytes,
-        head: list[bytes],
-        body: bytes | IBodyProducer | None,
-    ) -> None:
-        # Request.__init__ is skipped on purpose: it re-validates what the
-        # server side already validated and wants a Headers object.
-        self.method = method
-        self.uri = uri
-        self.headers = None
-        self.persistent = True
-        self._parsedURI = None
-        self._host_line = host_line
-        self._head = head
-        self._body = body
-        self.bodyProducer = body if body is not None and not isinstance(body, bytes) else None
-
-    def writeTo(self, transport: Any) -> Deferred[None]:
-        body = self._body
-        out = [b"%s %s HTTP/1.1\r\n" % (self.method, self.uri), self._host_line, *self._head]
-        if body is None:
-            if self.method in (b"POST", b"PUT", b"PATCH"):
-                out.append(b"Content-Length: 0\r\n")
-            out.append(b"\r\n")
-            transport.writeSequence(out)
-            return succeed(None)
-        if isinstance(body, bytes):
-            out.append(b"Content-Length: %d\r\n\r\n" % len(body))
-            out.append(body)
-            transport.writeSequence(out)
-            return succeed(None)
-        out.append(b"Content-Length: %d\r\n\r\n" % body.length)
-        transport.writeSequence(out)
-        transport.registerProducer(body, True)
-
-        def written(result: object) -> object:
-            transport.unregisterProducer()
-            return result
-
-        producing: Deferred[None] = body.startProducing(transport)
-        producing.addBoth(written)
-        return producing
-
-    def stopWriting(self) -> None:
-        if self.bodyProducer is not None:
-            self.bodyProducer.stopProducing()
