@@ -81,9 +81,9 @@ def test_the_summary_lists_what_waits_in_dispatch_order() -> None:
         "running  no",
         "loaded   llama3.2",
         "",
-        "POS  KIND         MODEL     PRIORITY  WAITED  ID",
-        "0    job          llama3.2  5         2s      job_01",
-        "1    interactive  qwen3     0         0s      /api/chat",
+        "POS  KIND         MODEL     PRIORITY  WAITED  STARTS  ID",
+        "0    job          llama3.2  5         2s      -       job_01",
+        "1    interactive  qwen3     0         0s      -       /api/chat",
         "… and 1 more",
     ]
     assert queue_summary(state()).splitlines()[0] == "state    running"

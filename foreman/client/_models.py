@@ -167,7 +167,8 @@ class JobEvent:
 
     State events (``job.queued`` … ``job.cancelled``) carry the durable ``seq``
     and the job as it was at that change; ``job.progress`` events carry only
-    the token count so far and have no ``seq`` (they are not replayed).
+    the token count so far and have no ``seq`` (they are not replayed);
+    ``job.eta`` events, while the job waits, its ``position`` and ``eta``.
     """
 
     type: str
@@ -175,6 +176,8 @@ class JobEvent:
     seq: int | None = None
     job: Job | None = None
     tokens: int | None = None
+    position: int | None = None
+    eta: dict[str, Any] | None = None
 
     @property
     def state(self) -> JobState | None:
@@ -190,6 +193,16 @@ class JobEvent:
         if event_type == "job.progress":
             body = json.loads(data)
             return cls(type=event_type, job_id=str(body["id"]), tokens=int(body["tokens"]))
+        if event_type == "job.eta":
+            body = json.loads(data)
+            eta = body.get("eta")
+            position = body.get("position")
+            return cls(
+                type=event_type,
+                job_id=str(body["id"]),
+                position=position if isinstance(position, int) else None,
+                eta=eta if isinstance(eta, dict) else None,
+            )
         if not event_type.startswith("job.") or event_type[4:] not in _STATE_NAMES:
             return None
         job = Job.from_dict(json.loads(data))
@@ -500,6 +513,7 @@ class QueueItem:
     waited: float  # seconds
     id: str | None = None
     path: str | None = None
+    eta: dict[str, Any] | None = None  # {start_at, finish_at, known[, note]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueueItem:
@@ -511,6 +525,7 @@ class QueueItem:
             waited=float(data.get("waited_ms") or 0.0) / 1000.0,
             id=_opt_str(data.get("id")),
             path=_opt_str(data.get("path")),
+            eta=data["eta"] if isinstance(data.get("eta"), dict) else None,
         )
 
 

@@ -93,9 +93,31 @@ def answer_text(result: dict[str, Any]) -> str | None:
     return None
 
 
-def job_line(job_id: str, state: str, tokens: int | None, elapsed: float | None) -> str:
-    """One status line: ``job_… working  12 tokens  3.4 s``."""
+def starts_in(eta: dict[str, Any] | None, now: datetime.datetime | None = None) -> str | None:
+    """``starts in ~12s`` from a job's ``eta`` (``~?`` marks a guess: nothing learned yet)."""
+    if not eta or not isinstance(eta.get("start_at"), str):
+        return None
+    try:
+        start = datetime.datetime.fromisoformat(eta["start_at"])
+    except ValueError:
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    left = max(0.0, (start - now).total_seconds())
+    mark = "~" if eta.get("known") else "~? "
+    return f"starts in {mark}{duration(left)}"
+
+
+def job_line(
+    job_id: str,
+    state: str,
+    tokens: int | None,
+    elapsed: float | None,
+    waiting: str | None = None,
+) -> str:
+    """One status line: ``job_… working  12 tokens  3.4 s`` (queued: ``starts in ~12s``)."""
     parts = [job_id, state]
+    if waiting is not None and state == "queued":
+        parts.append(waiting)
     if tokens is not None:
         parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
     if elapsed is not None:
@@ -345,7 +367,7 @@ def queue_summary(state: QueueState) -> str:
     text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
     if not state.items:
         return text
-    header = ("POS", "KIND", "MODEL", "PRIORITY", "WAITED", "ID")
+    header = ("POS", "KIND", "MODEL", "PRIORITY", "WAITED", "STARTS", "ID")
     table = [header] + [
         (
             str(i.position),
@@ -353,6 +375,7 @@ def queue_summary(state: QueueState) -> str:
             i.model,
             str(i.priority),
             duration(i.waited),
+            (starts_in(i.eta) or "-").removeprefix("starts in "),
             i.id or i.path or "-",
         )
         for i in state.items

@@ -60,6 +60,7 @@ from foreman.client._render import (
     pull_line,
     queue_line,
     queue_summary,
+    starts_in,
 )
 from foreman.client.keepawake import (
     DEFAULT_GRACE,
@@ -173,6 +174,7 @@ class Cli:
         live = Live(self.stderr)
         start = time.monotonic()
         state, tokens = "", None
+        waiting: str | None = None
         stream = self.client.events(job_id)
         timer = threading.Timer(timeout, stream.close) if timeout is not None else None
         if timer is not None:
@@ -183,11 +185,14 @@ class Cli:
                 for event in stream:
                     if event.job is not None:
                         state = event.job.state.value
+                    if event.type == "job.eta":
+                        waiting = starts_in(event.eta)
+                        if event.position is not None and waiting is not None:
+                            waiting += f" (position {event.position})"
                     tokens = event.tokens if event.tokens is not None else tokens
                     elapsed = time.monotonic() - start
-                    live.show(
-                        job_line(job_id, state, tokens, elapsed), important=event.job is not None
-                    )
+                    line = job_line(job_id, state, tokens, elapsed, waiting)
+                    live.show(line, important=event.job is not None)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -211,7 +216,13 @@ class Cli:
             meter.add(time.monotonic(), counts.done)
             changed = last != [batch.status]
             last[:] = [batch.status]
-            line = batch_line(batch, meter.rate, meter.eta(counts.total, counts.done))
+            left = meter.eta(counts.total, counts.done)
+            estimate = batch.raw.get("eta")  # foreman's own, learned per model
+            if isinstance(estimate, dict) and estimate.get("known"):
+                finish = estimate.get("finish_at")
+                if isinstance(finish, (int, float)):
+                    left = max(0.0, finish - time.time())
+            line = batch_line(batch, meter.rate, left)
             live.show(line, important=changed)
 
         try:

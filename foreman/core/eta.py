@@ -33,8 +33,9 @@ WEIGHT = 0.3  # of the newest sample in the weighted mean
 class Eta:
     start: float
     finish: float
-    known: bool  # False: a model on the way has no learned times yet
+    known: bool  # False: a model on the way has no learned times yet (or see ``reason``)
     unknown_models: tuple[str, ...] = ()
+    reason: str | None = None  # why it is not a promise, when not for unknown models
 
     def as_dict(self, stamp: Callable[[float], object]) -> dict[str, object]:
         """The public form; ``stamp`` turns epoch seconds into the API's time format."""
@@ -45,8 +46,12 @@ class Eta:
         }
         if not self.known:
             names = ", ".join(self.unknown_models) or "these models"
-            body["note"] = f"a guess: nothing has finished yet for {names}"
+            body["note"] = self.reason or f"a guess: nothing has finished yet for {names}"
         return body
+
+    def held(self, reason: str) -> Eta:
+        """The same estimate, no longer a promise for ``reason`` (the queue is paused)."""
+        return Eta(self.start, self.finish, False, self.unknown_models, reason)
 
 
 @frozen

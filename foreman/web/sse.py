@@ -84,9 +84,19 @@ async def stream_job_events(request: Any, jobs: JobService, job_id: str, reactor
     unsubscribe = jobs.hub.subscribe(job_id, on_message)
     keepalive: Any = None
 
+    def send_eta() -> bool:
+        """While it waits: its place and estimated start and finish (``job.eta``)."""
+        if job_id not in jobs.queue.scheduler:
+            return False
+        position = jobs.queue.position(job_id, jobs.resident())
+        body = json.dumps({"id": job_id, "position": position, "eta": jobs.eta_of(job_id)})
+        request.write(format_sse(body, event="job.eta"))
+        return True
+
     def ping() -> None:
         nonlocal keepalive
-        request.write(b": keep-alive\n\n")
+        if not send_eta():
+            request.write(b": keep-alive\n\n")
         keepalive = reactor.callLater(KEEPALIVE_SECONDS, ping)
 
     try:
@@ -104,6 +114,7 @@ async def stream_job_events(request: Any, jobs: JobService, job_id: str, reactor
         if current is None or current.terminal:
             state["done"] = True  # resumed after the end: nothing more will come
         if not state["done"]:
+            send_eta()
             keepalive = reactor.callLater(KEEPALIVE_SECONDS, ping)
             await finished
     except CancelledError:

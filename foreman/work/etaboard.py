@@ -57,6 +57,14 @@ class EtaBoard:
 
     def of(self, key: str) -> Eta | None:
         """The estimate for one waiting item (None: not waiting)."""
+        return self._paused(self._of(key))
+
+    def _paused(self, eta: Eta | None) -> Eta | None:
+        if eta is None or not self.worker.paused:
+            return eta
+        return eta.held("the queue is paused: counted as if it resumed now")
+
+    def _of(self, key: str) -> Eta | None:
         plan = self._fresh()
         found = plan.get(key)
         if found is not None:
@@ -70,6 +78,9 @@ class EtaBoard:
 
     def last_of(self, keys: Iterable[str]) -> Eta | None:
         """The estimate of whichever of ``keys`` runs last (a batch's finish)."""
+        return self._paused(self._last_of(keys))
+
+    def _last_of(self, keys: Iterable[str]) -> Eta | None:
         plan = self._fresh()
         latest: Eta | None = None
         beyond = 0

@@ -768,8 +768,16 @@ async def test_events_stream_live_until_the_job_ends(api: Api) -> None:
     assert (await api.post(f"/jobs/{job['id']}/cancel")).status == 200
     reply = await api.finish(stream)
     events = sse_events(reply.body)
-    assert [e.get("event") for e in events] == [None, "job.queued", None, "job.cancelled"]
-    assert events[2] == {"": "keep-alive"}  # the ": keep-alive" comment line
+    # while it waits: its place and estimate at the start and at each 15 s beat
+    assert [e.get("event") for e in events] == [
+        None,
+        "job.queued",
+        "job.eta",
+        "job.eta",
+        "job.cancelled",
+    ]
+    eta = json.loads(events[2]["data"])
+    assert eta["id"] == job["id"] and eta["position"] == 0
     assert api.clock.getDelayedCalls() == []
 
 
@@ -777,6 +785,7 @@ async def test_events_stream_live_until_the_job_ends(api: Api) -> None:
 async def test_events_stream_carries_throttled_progress(api: Api) -> None:
     job = await api.create()
     now = api.clock.seconds()
+    api.view.queue.remove_job(job["id"])  # the worker took it
     await api.view.jobs.apply(jobstate.start_loading(job["id"], now))
     await api.view.jobs.apply(jobstate.start_working(job["id"], now))
     stream = api.start("GET", f"/jobs/{job['id']}/events")
