@@ -278,6 +278,15 @@ class FileObject:
         )
 
 
+def _cursor(data: dict[str, Any]) -> dict[str, Any]:
+    """The paging fields of an OpenAI list (``has_more``, ``first_id``, ``last_id``)."""
+    return {
+        "has_more": bool(data.get("has_more")),
+        "first_id": _opt_str(data.get("first_id")),
+        "last_id": _opt_str(data.get("last_id")),
+    }
+
+
 @frozen
 class FilePage:
     """One page of ``GET /v1/files``; pass ``next_after`` as ``after`` for the next page."""
@@ -295,9 +304,7 @@ class FilePage:
     def from_dict(cls, data: dict[str, Any]) -> FilePage:
         return cls(
             files=tuple(FileObject.from_dict(f) for f in data.get("data") or ()),
-            has_more=bool(data.get("has_more")),
-            first_id=_opt_str(data.get("first_id")),
-            last_id=_opt_str(data.get("last_id")),
+            **_cursor(data),
         )
 
 
@@ -431,9 +438,7 @@ class BatchPage:
     def from_dict(cls, data: dict[str, Any]) -> BatchPage:
         return cls(
             batches=tuple(Batch.from_dict(b) for b in data.get("data") or ()),
-            has_more=bool(data.get("has_more")),
-            first_id=_opt_str(data.get("first_id")),
-            last_id=_opt_str(data.get("last_id")),
+            **_cursor(data),
         )
 
 

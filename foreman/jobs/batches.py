@@ -79,6 +79,14 @@ class Refused(Exception):
         self.code = code
 
 
+def _no_file(file_id: str) -> NotFound:
+    return NotFound("file_not_found", f"no file {file_id!r}")
+
+
+def _no_batch(batch_id: str) -> NotFound:
+    return NotFound("batch_not_found", f"no batch {batch_id!r}")
+
+
 @define
 class _Live:
     """What is kept in memory for a batch whose lines may still run."""
@@ -179,10 +187,10 @@ class BatchService:
 
     async def file_row(self, file_id: str) -> FileRow:
         if not FILE_ID.match(file_id):
-            raise NotFound("file_not_found", f"no file {file_id!r}")
+            raise _no_file(file_id)
         row: FileRow | None = await self.store.read(sql.get_file, file_id)
         if row is None:
-            raise NotFound("file_not_found", f"no file {file_id!r}")
+            raise _no_file(file_id)
         return row
 
     async def list_files(
@@ -193,10 +201,10 @@ class BatchService:
 
     async def delete_file(self, file_id: str) -> dict[str, Any]:
         if not FILE_ID.match(file_id):
-            raise NotFound("file_not_found", f"no file {file_id!r}")
+            raise _no_file(file_id)
         outcome = await self.store.write(sql.delete_file, file_id)
         if outcome == "missing":
-            raise NotFound("file_not_found", f"no file {file_id!r}")
+            raise _no_file(file_id)
         if outcome == "in_use":
             raise Refused("file_in_use", f"file {file_id} is the input of a running batch")
         await self.files.delete(file_id)
@@ -206,10 +214,10 @@ class BatchService:
 
     async def row(self, batch_id: str) -> BatchRow:
         if not BATCH_ID.match(batch_id):
-            raise NotFound("batch_not_found", f"no batch {batch_id!r}")
+            raise _no_batch(batch_id)
         row: BatchRow | None = await self.store.read(sql.get_batch, batch_id)
         if row is None:
-            raise NotFound("batch_not_found", f"no batch {batch_id!r}")
+            raise _no_batch(batch_id)
         return row
 
     def render(self, row: BatchRow) -> dict[str, Any]:
