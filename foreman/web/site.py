@@ -25,6 +25,7 @@ from twisted.web.server import Request, Site
 from foreman.core.logtext import escape_for_log
 from foreman.core.routeclass import classify
 from foreman.store.database import StoreClosed
+from foreman.web import datecache
 from foreman.web.auth import TokenCheck
 from foreman.web.errorbody import Family, error_body, family_of, own_route
 from foreman.web.upload import Upload, UploadTooLarge
@@ -43,6 +44,8 @@ UPLOAD_MIN_RATE = 256 * 1024
 UPLOAD_PATH = b"/v1/files"
 
 _log = Logger()
+
+datecache.install()
 
 
 class _NoDelayChannel(HTTPChannel):
