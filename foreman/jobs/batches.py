@@ -31,10 +31,8 @@ from foreman.core.batchview import (
     BatchRow,
     Counts,
     FileRow,
-    Usage,
     batch_object,
     file_object,
-    line_result,
 )
 from foreman.core.errors import BadRequest
 from foreman.core.ids import BATCH_ID, FILE_ID, new_batch_id, new_file_id
@@ -42,6 +40,7 @@ from foreman.core.jobstate import JobState
 from foreman.core.records import JobRow, NewJob
 from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
 from foreman.jobs.artifacts import ArtifactStore, StreamWriter
+from foreman.jobs.batch_output import write_output
 from foreman.jobs.files import FileStore
 from foreman.jobs.service import JobService
 from foreman.store import batches as sql
@@ -54,7 +53,6 @@ _log = Logger(namespace="foreman.batches")
 
 WINDOW = 24 * 3600.0  # the only completion window OpenAI offers: "24h"
 INSERT_CHUNK = 2000  # lines inserted per transaction while a batch is enqueued
-OUTPUT_CHUNK = 1000  # lines read per query while the output is written
 _METADATA_PAIRS = 16
 _METADATA_KEY = 64
 _METADATA_VALUE = 512
@@ -646,69 +644,10 @@ class BatchService:
         elif status not in (BatchStatus.FINALIZING, BatchStatus.CANCELLING):
             return
         ending = BatchStatus(row.ending) if row.ending else BatchStatus.CANCELLED
-        output = self.files.writer(new_file_id(self.reactor.seconds()))
-        errors = self.files.writer(new_file_id(self.reactor.seconds()))
-        usage = Usage()
-        completed = failed = after = 0
-        try:
-            while True:
-                lines = await self.store.read(sql.batch_lines, batch_id, after, OUTPUT_CHUNK)
-                if not lines:
-                    break
-                after = lines[-1][2]
-                bodies = await deferToThread(self._bodies, lines)
-                for values, body in zip(lines, bodies, strict=True):
-                    job_id, custom_id, _, state, code, message, status_code = values[:7]
-                    result = line_result(
-                        job_id=job_id,
-                        custom_id=custom_id,
-                        endpoint=row.endpoint,
-                        state=state,
-                        error_code=code,
-                        error_message=message,
-                        error_status=status_code,
-                        body=body,
-                        ending=ending,
-                    )
-                    text = json.dumps(result.line, separators=(",", ":")).encode() + b"\n"
-                    if result.error:
-                        failed += 1
-                        errors.write(text)
-                    else:
-                        completed += 1
-                        usage = usage.add(body)
-                        output.write(text)
-            await output.finish()
-            await errors.finish()
-            files: list[FileRow] = []
-            now = self.reactor.seconds()
-            for writer, kept in ((output, completed), (errors, failed)):
-                if kept:
-                    await self.files.publish(writer)
-                    files.append(
-                        FileRow(
-                            writer.name,
-                            "batch_output",
-                            _output_name(batch_id, writer is errors),
-                            writer.size,
-                            now,
-                            batch_id,
-                        )
-                    )
-                else:
-                    await writer.abort()
-        except BaseException:
-            await output.abort()
-            await errors.abort()
-            raise
-        fields = (
-            ("output_file_id", output.name if completed else None),
-            ("error_file_id", errors.name if failed else None),
-            ("total", completed + failed),
-            ("completed", completed),
-            ("failed", failed),
-            ("usage", json.dumps(usage.as_dict())),
-        )
+        now = self.reactor.seconds()
+        out = await write_output(self.store, self.files, self.artifacts, row, ending, now)
+        files, fields = list(out.files), out.fields()
+        completed, failed = out.completed, out.failed
         ended = await self.store.write(_end_batch, row, files, fields, now)
         live = self._live.pop(batch_id, None)
         if live is not None:
@@ -732,27 +671,6 @@ class BatchService:
             total=completed + failed,
             failed=failed,
         )
-
-    def _bodies(self, lines: list[tuple[Any, ...]]) -> list[Any]:
-        """The answers of done lines (inline, or from ``response.json``): in a thread."""
-        found: list[Any] = []
-        for job_id, _c, _l, state, _code, _msg, _status, result, _artifacts in lines:
-            if state != JobState.DONE.value:
-                found.append(None)
-            elif result:
-                found.append(json.loads(result))
-            else:
-                path = self.artifacts.path(job_id, "response.json")
-                try:
-                    assert path is not None
-                    found.append(json.loads(path.read_bytes()))
-                except (OSError, ValueError):
-                    found.append(None)
-        return found
-
-
-def _output_name(batch_id: str, errors: bool) -> str:
-    return f"{batch_id}_{'error' if errors else 'output'}.jsonl"
 
 
 def _changed(body: dict[str, Any], status: str, done: int | None) -> bool:

@@ -59,8 +59,8 @@ BOUNDARY = "foremanBatchCrash42"
 _DAEMON = [
     sys.executable,
     "-c",
-    "import foreman.jobs.batches as b; assert b.INSERT_CHUNK and b.OUTPUT_CHUNK; "
-    "b.INSERT_CHUNK = 8; b.OUTPUT_CHUNK = 2; "
+    "import foreman.jobs.batches as b, foreman.jobs.batch_output as o; "
+    "assert b.INSERT_CHUNK and o.OUTPUT_CHUNK; b.INSERT_CHUNK = 8; o.OUTPUT_CHUNK = 2; "
     "from twisted.scripts.twistd import run; run()",
 ]
 
