@@ -16,17 +16,27 @@ that were learned, or ``DEFAULT_SERVICE`` when none was, and say so.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from attrs import define, field, frozen
 
 from foreman.core.residency import canonical_model
-from foreman.core.scheduler import Waiting
+from foreman.core.scheduler import INTERACTIVE, Waiting
 
 __all__ = ["DEFAULT_SERVICE", "Estimator", "Eta", "Running"]
 
 DEFAULT_SERVICE = 5.0  # seconds a request is guessed to take when nothing is learned
 WEIGHT = 0.3  # of the newest sample in the weighted mean
+SHARE_WINDOW = 300.0  # seconds over which interactive requests' share of the target is seen
+MAX_SHARE = 0.8
+
+
+def _used(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
+    """The resident set after running ``model``: most recent first, least recent out."""
+    if model in resident:
+        return (model, *(m for m in resident if m != model))
+    return (model, *resident)[:cap]
 
 
 @frozen
@@ -56,10 +66,11 @@ class Eta:
 
 @frozen
 class Running:
-    """The request at the target now: its model and when it was dispatched."""
+    """The request at the target now: its model, when it was dispatched, its load."""
 
     model: str
     since: float
+    load: float = 0.0  # the learned cost of the load it began with (0: none needed)
 
 
 @define
@@ -80,6 +91,7 @@ class Estimator:
     """Per-model service times, learned; estimates over a dispatch order."""
 
     _service: dict[str, _Mean] = field(factory=dict)
+    _interactive: deque[tuple[float, float]] = field(factory=deque)
 
     def observe(self, model: str, seconds: float, load_seconds: float | None = None) -> None:
         """A request for ``model`` held the target ``seconds`` (``load_seconds`` of it a load)."""
@@ -120,34 +132,50 @@ class Estimator:
         fallback = self._fallback()
         clock = now
         unknown: list[str] = []
-        if running is not None:
-            expected = self.service(running.model)
-            if expected is None:
-                unknown.append(canonical_model(running.model))
-                expected = fallback
-            # a request past its expected time is guessed to end soon, not in the past
-            left = expected - (now - running.since)
-            clock += max(left, expected * 0.1)
         current = tuple(dict.fromkeys(canonical_model(m) for m in resident))
         cap = max(capacity, len(current), 1)
+        if running is not None:
+            model = canonical_model(running.model)
+            expected = self.service(model)
+            if expected is None:
+                unknown.append(model)
+                expected = fallback
+            # a request past its expected time is guessed to end soon, not in the past
+            left = running.load + expected - (now - running.since)
+            clock += max(left, expected * 0.1)
+            current = _used(current, model, cap)  # its load may push another model out
+        # chats and other interactive requests come in ahead of waiting jobs:
+        # a job's wait stretches by the share of the target they have been taking
+        stretch = 1.0 / (1.0 - self.interactive_share(now))
         plans: list[Eta] = []
         for item in order:
             model = canonical_model(item.model)
-            cost = 0.0
-            if model not in current:
-                cost += load_costs.get(model, 0.0)
-                current = (model, *current)[:cap]
-            else:
-                current = (model, *(m for m in current if m != model))
+            cost = 0.0 if model in current else load_costs.get(model, 0.0)
+            current = _used(current, model, cap)
             expected = self.service(model)
             if expected is None:
                 if model not in unknown:
                     unknown.append(model)
                 expected = fallback
-            start = clock + cost
-            clock = start + expected
-            plans.append(Eta(start, clock, not unknown, tuple(unknown)))
+            start = clock  # a job starts (``loading``) when its load begins
+            clock = start + cost + expected
+            if item.kind == INTERACTIVE:
+                plans.append(Eta(start, clock, not unknown, tuple(unknown)))
+            else:
+                late = now + (start - now) * stretch
+                plans.append(Eta(late, late + cost + expected, not unknown, tuple(unknown)))
         return plans
+
+    def interactive(self, seconds: float, now: float) -> None:
+        """An interactive request held the target ``seconds``, ending at ``now``."""
+        self._interactive.append((now, seconds))
+        while self._interactive and self._interactive[0][0] < now - SHARE_WINDOW:
+            self._interactive.popleft()
+
+    def interactive_share(self, now: float) -> float:
+        """The share of the target's time interactive requests took lately (at most 0.8)."""
+        busy = sum(s for at, s in self._interactive if at >= now - SHARE_WINDOW)
+        return min(MAX_SHARE, busy / SHARE_WINDOW)
 
     def beyond(self, last: Eta | None, now: float, extra: int) -> Eta:
         """A rougher estimate ``extra`` places past ``last`` (past a planned prefix)."""

@@ -256,6 +256,7 @@ class ResidentSet:
     on_cpu_below: float = ON_CPU_BELOW
     _models: dict[str, _Known] = field(factory=dict)
     _load_seconds: dict[str, float] = field(factory=dict)
+    _ps_room: int = 1  # the most models /api/ps has listed at once
 
     def observe_ps(self, models: Iterable[ResidentModel], now: float) -> None:
         """``/api/ps`` answered: it replaces what was believed."""
@@ -268,7 +269,10 @@ class ResidentSet:
             used = min(used, now) - index * 1e-6
             seen[model.name] = _Known(model.expires_at, used, model.size_vram, model.size)
         self._models = seen
-        self.capacity = max(self.capacity, len(seen))
+        # /api/ps is the authority on the room too: a response may have counted
+        # a model before its load pushed another out (see observe_response)
+        self._ps_room = max(self._ps_room, len(seen))
+        self.capacity = self._ps_room
 
     def observe_response(self, model: str, now: float) -> None:
         """A response for ``model`` arrived: it is resident and its keep-alive restarts."""
@@ -281,6 +285,7 @@ class ResidentSet:
             expires = known.expires_at  # a longer keep_alive reported by /api/ps
         vram, size = (known.size_vram, known.size) if known is not None else (None, None)
         self._models[name] = _Known(expires, used, vram, size)
+        # until /api/ps is asked again (after every load) it may be one too many
         self.capacity = max(self.capacity, len(self._models))
 
     def observe_load(self, model: str, seconds: float) -> None:

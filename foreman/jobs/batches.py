@@ -53,6 +53,7 @@ _log = Logger(namespace="foreman.batches")
 
 WINDOW = 24 * 3600.0  # the only completion window OpenAI offers: "24h"
 INSERT_CHUNK = 2000  # lines inserted per transaction while a batch is enqueued
+INSERT_BYTES = 4 * 1024 * 1024  # or fewer, so long lines never make a chunk large
 _METADATA_PAIRS = 16
 _METADATA_KEY = 64
 _METADATA_VALUE = 512
@@ -510,8 +511,8 @@ class BatchService:
         total = 0
         added: list[tuple[str, str, int, float, None]] = []  # what the queue needs, no more
         while True:
-            chunk = await deferToThread(lines.take, checker, INSERT_CHUNK)
-            last = len(chunk) < INSERT_CHUNK
+            chunk = await deferToThread(lines.take, checker, INSERT_CHUNK, INSERT_BYTES)
+            last = lines.ended
             jobs = [self._new_job(row, line) for line in chunk]
             total += len(jobs)
             now = self.reactor.seconds()
@@ -696,15 +697,20 @@ class _Reader:
 
     def __init__(self, lines: Iterator[bytes]) -> None:
         self._lines = lines
+        self.ended = False
 
-    def take(self, checker: LineChecker, count: int) -> list[BatchLine]:
+    def take(self, checker: LineChecker, count: int, size: int) -> list[BatchLine]:
+        """The next ``count`` lines, or fewer once they hold ``size`` bytes (long lines)."""
         chunk: list[BatchLine] = []
+        held = 0
         for raw in self._lines:
             line = checker.check(raw.rstrip(b"\r\n"))
             if line is not None:
                 chunk.append(line)
-                if len(chunk) == count:
-                    break
+                held += len(raw)
+                if len(chunk) == count or held >= size:
+                    return chunk
+        self.ended = True
         return chunk
 
 

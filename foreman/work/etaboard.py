@@ -41,7 +41,9 @@ class EtaBoard:
         current = self.worker.current
         running = None
         if current is not None and self.worker.dispatched_at is not None:
-            running = Running(str(current.get("model")), self.worker.dispatched_at)
+            running = Running(
+                str(current.get("model")), self.worker.dispatched_at, self.worker.dispatch_load
+            )
         etas = self.worker.estimator.plan(
             now,
             order,

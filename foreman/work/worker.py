@@ -156,6 +156,7 @@ class Worker:
         #: per-model times learned from the dispatches, for estimates (``core.eta``)
         self.estimator = Estimator()
         self.dispatched_at: float | None = None
+        self.dispatch_load = 0.0  # the learned cost of the load the running dispatch began with
         self._load_seen: tuple[str, float] | None = None
 
     def hold(self) -> None:
@@ -352,6 +353,8 @@ class Worker:
         self.dispatched += 1
         started = self._reactor.seconds()
         self.dispatched_at, self._load_seen = started, None
+        costs = self.residency.load_costs
+        self.dispatch_load = costs.get(canonical_model(item.model), 0.0) if needs_load else 0.0
         if item.kind == INTERACTIVE:
             served = await self._admit(item, waited, needs_load)
         else:
@@ -359,7 +362,10 @@ class Worker:
         self.dispatched_at = None
         if served:  # learn how long it held the target, without its load
             load = self._load_seen[1] if self._load_seen is not None else None
-            self.estimator.observe(item.model, self._reactor.seconds() - started, load)
+            ended = self._reactor.seconds()
+            self.estimator.observe(item.model, ended - started, load)
+            if item.kind == INTERACTIVE:
+                self.estimator.interactive(ended - started, ended)
 
     def observe_load(self, model: str, seconds: float) -> None:
         """A load of ``model`` took ``seconds``: the scheduler breaks ties with it."""

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from foreman.core.eta import DEFAULT_SERVICE, Estimator, Running
-from foreman.core.scheduler import JOB, Waiting
+from foreman.core.scheduler import INTERACTIVE, JOB, Waiting
 from tests.budget import examples
 
 
@@ -48,8 +48,8 @@ def test_learned_times_loads_and_the_running_request() -> None:
     assert all(e.known for e in plan)
     assert [(e.start, e.finish) for e in plan] == [
         (11.5, 13.5),  # resident: no load
-        (17.5, 18.5),  # qwen3 loads (4 s), pushing llama3.2 out (room for one)
-        (21.5, 23.5),  # llama3.2 loads again (3 s)
+        (13.5, 18.5),  # starts with its load (4 s), pushing llama3.2 out (room for one)
+        (18.5, 23.5),  # llama3.2 loads again (3 s)
     ]
     assert estimator.learned() == {
         "llama3.2:latest": {"service_s": 2.0, "samples": 1},
@@ -108,3 +108,41 @@ def test_estimates_follow_the_order_without_gaps_or_overlaps(
         assert eta.known == all(m in times for m in models[: order.index(item) + 1])
     beyond = estimator.beyond(plan[-1], 0.0, 3)
     assert beyond.start >= plan[-1].finish
+
+
+def test_the_running_loads_cost_and_eviction_count() -> None:
+    estimator = Estimator()
+    estimator.observe("a", 1.0)
+    estimator.observe("b", 1.0)
+    (eta,) = estimator.plan(
+        10.0,
+        [waiting("x", "a")],
+        running=Running("c", since=10.0, load=2.0),  # c is loading: 2 s, then a guess
+        resident=("b", "a"),  # a is the least recently used
+        capacity=2,
+        load_costs={"a:latest": 3.0},
+    )
+    assert eta.start == 13.0  # after c's load and work (guessed as the learned mean, 1 s)
+    assert eta.finish == 17.0  # c pushed a out: a loads again, 3 s + 1 s
+    assert not eta.known and eta.unknown_models == ("c:latest",)
+
+
+def test_interactive_requests_stretch_the_wait_of_jobs_not_of_requests() -> None:
+    estimator = Estimator()
+    estimator.observe("a", 1.0)
+    for at in range(0, 300, 10):  # a chat of 3 s every 10 s: a 30 % share
+        estimator.interactive(3.0, float(at))
+    assert abs(estimator.interactive_share(299.0) - 0.3) < 1e-9
+    job, chat = estimator.plan(
+        299.0,
+        [waiting("j", "a"), Waiting("r", "a", 10, 299.0, 1, INTERACTIVE)],
+        running=Running("a", since=299.0),
+        resident=("a",),
+        capacity=1,
+        load_costs={},
+    )
+    assert job.start == 299.0 + 1.0 / 0.7  # its 1 s wait, stretched
+    assert chat.start == 301.0  # a request is not stretched: it goes ahead of jobs
+    for at in range(300, 2000, 100):
+        estimator.interactive(0.0, float(at))
+    assert estimator.interactive_share(2000.0) == 0.0  # the window moved on

@@ -322,3 +322,13 @@ def test_the_warnings_are_rate_limited_and_never_silent_for_long(
         else:
             assert model not in last, "back on the GPU: no warning stands"
         assert watch.warned == tuple(sorted(last))
+
+
+def test_the_room_is_what_api_ps_has_shown_not_what_responses_counted() -> None:
+    view = ResidentSet(keep_alive=300.0)
+    view.observe_ps([ResidentModel("a:latest", 500.0), ResidentModel("b:latest", 500.0)], 100.0)
+    assert view.capacity == 2
+    view.observe_response("c", now=110.0)  # did its load push a or b out? not known yet
+    assert view.capacity == 3
+    view.observe_ps([ResidentModel("c:latest", 500.0), ResidentModel("a:latest", 500.0)], 111.0)
+    assert view.capacity == 2  # /api/ps says: room for two
