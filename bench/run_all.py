@@ -33,7 +33,17 @@ from bench._proc import header_lines, md_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "performance.md"
-BENCHES = ("proxy", "dispatch", "scheduling", "residency", "jobs", "streaming", "batches")
+BENCHES = (
+    "proxy",
+    "dispatch",
+    "latency_depth",
+    "scheduling",
+    "residency",
+    "jobs",
+    "streaming",
+    "batches",
+    "eta",
+)
 TIMEOUT = 300.0
 ANALYSIS = re.compile(r"<!-- analysis -->.*?<!-- /analysis -->", re.S)
 DEFAULT_ANALYSIS = "<!-- analysis -->\n(no analysis written yet)\n<!-- /analysis -->"
