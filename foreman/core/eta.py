@@ -30,6 +30,7 @@ DEFAULT_SERVICE = 5.0  # seconds a request is guessed to take when nothing is le
 WEIGHT = 0.3  # of the newest sample in the weighted mean
 SHARE_WINDOW = 300.0  # seconds over which interactive requests' share of the target is seen
 MAX_SHARE = 0.8
+MIN_SHARE_WINDOW = 10.0  # seconds: a share is never judged over less
 
 
 def _used(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
@@ -92,6 +93,7 @@ class Estimator:
 
     _service: dict[str, _Mean] = field(factory=dict)
     _interactive: deque[tuple[float, float]] = field(factory=deque)
+    _first: float | None = None  # when the first interactive request seen began
 
     def observe(self, model: str, seconds: float, load_seconds: float | None = None) -> None:
         """A request for ``model`` held the target ``seconds`` (``load_seconds`` of it a load)."""
@@ -168,14 +170,20 @@ class Estimator:
 
     def interactive(self, seconds: float, now: float) -> None:
         """An interactive request held the target ``seconds``, ending at ``now``."""
+        if self._first is None:
+            self._first = now - seconds
         self._interactive.append((now, seconds))
         while self._interactive and self._interactive[0][0] < now - SHARE_WINDOW:
             self._interactive.popleft()
 
     def interactive_share(self, now: float) -> float:
         """The share of the target's time interactive requests took lately (at most 0.8)."""
+        if self._first is None:
+            return 0.0
         busy = sum(s for at, s in self._interactive if at >= now - SHARE_WINDOW)
-        return min(MAX_SHARE, busy / SHARE_WINDOW)
+        # over the window, or over what has been seen of it when foreman is younger
+        seen = max(MIN_SHARE_WINDOW, min(SHARE_WINDOW, now - self._first))
+        return min(MAX_SHARE, busy / seen)
 
     def beyond(self, last: Eta | None, now: float, extra: int) -> Eta:
         """A rougher estimate ``extra`` places past ``last`` (past a planned prefix)."""
