@@ -116,7 +116,8 @@ class Estimator:
             for name, m in sorted(self._service.items())
         }
 
-    def _fallback(self) -> float:
+    def guess(self) -> float:
+        """Seconds a request of a model with nothing learned is counted."""
         known = [m.value for m in self._service.values() if m.value is not None]
         return sum(known) / len(known) if known else DEFAULT_SERVICE
 
@@ -131,7 +132,7 @@ class Estimator:
         load_costs: Mapping[str, float],
     ) -> list[Eta]:
         """An estimate per item of ``order`` (the scheduler's dispatch order), in that order."""
-        fallback = self._fallback()
+        fallback = self.guess()
         clock = now
         unknown: list[str] = []
         current = tuple(dict.fromkeys(canonical_model(m) for m in resident))
@@ -185,10 +186,19 @@ class Estimator:
         seen = max(MIN_SHARE_WINDOW, min(SHARE_WINDOW, now - self._first))
         return min(MAX_SHARE, busy / seen)
 
+    def placed(self, here: Eta, model: str) -> Eta:
+        """An estimate for a request of ``model`` put where ``here`` was planned to start."""
+        expected = self.service(model)
+        if expected is None:
+            name = canonical_model(model)
+            unknown = here.unknown_models + ((name,) if name not in here.unknown_models else ())
+            return Eta(here.start, here.start + self.guess(), False, unknown)
+        return Eta(here.start, here.start + expected, here.known, here.unknown_models)
+
     def beyond(self, last: Eta | None, now: float, extra: int) -> Eta:
         """A rougher estimate ``extra`` places past ``last`` (past a planned prefix)."""
         base = now if last is None else last.finish
-        step = self._fallback()
+        step = self.guess()
         unknown = () if last is None else last.unknown_models
         known = last.known if last is not None else bool(self._service)
         return Eta(base + step * (extra - 1), base + step * extra, known, unknown)

@@ -1,9 +1,11 @@
 """Estimates for what waits, from the worker's learned times (``core.eta``), cached briefly.
 
 The dispatch order of the first ``PLANNED`` items is simulated once and kept
-for ``FRESH`` seconds or until the queue changes, so a page of twenty jobs
-or a batch with thousands of lines costs one plan, not one each. Items past
-the planned prefix get a rougher estimate from the mean time per request.
+for ``FRESH`` seconds, so a page of twenty jobs, a batch with thousands of
+lines or a burst of ``POST /jobs`` costs one plan a second, not one each. An
+item the plan has not seen yet (created since) takes the estimate of the
+item now at its place; items past the planned prefix get a rougher estimate
+from the mean time per request.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from foreman.work.worker import Worker
 
 __all__ = ["EtaBoard"]
 
-PLANNED = 2000
-FRESH = 2.0
+PLANNED = 1000
+FRESH = 1.0
 
 
 @define
@@ -27,14 +29,13 @@ class EtaBoard:
     queue: WorkQueue
     worker: Worker
     _plan: dict[str, Eta] = field(factory=dict)
+    _ordered: list[Eta] = field(factory=list)
     _last: Eta | None = None
-    _made: tuple[float, int, int] | None = None  # (time, depth, dispatched) of the plan
+    _made: float | None = None  # when the plan was made
 
     def _fresh(self) -> dict[str, Eta]:
         now = self.queue.clock()
-        depth, dispatched = len(self.queue.scheduler), self.worker.dispatched
-        made = self._made
-        if made is not None and now - made[0] < FRESH and made[1:] == (depth, dispatched):
+        if self._made is not None and 0 <= now - self._made < FRESH:
             return self._plan
         resident = self.worker.resident()
         order = self.queue.order(resident, PLANNED)
@@ -53,8 +54,9 @@ class EtaBoard:
             load_costs=self.worker.residency.load_costs,
         )
         self._plan = {item.key: eta for item, eta in zip(order, etas, strict=True)}
+        self._ordered = etas
         self._last = etas[-1] if etas else None
-        self._made = (now, depth, dispatched)
+        self._made = now
         return self._plan
 
     def of(self, key: str) -> Eta | None:
@@ -74,9 +76,13 @@ class EtaBoard:
         position = self.queue.position(key, self.worker.resident())
         if position is None:
             return None
-        return self.worker.estimator.beyond(
-            self._last, self.queue.clock(), position - len(plan) + 1
-        )
+        estimator = self.worker.estimator
+        if position < len(self._ordered):  # new since the plan: it takes that place
+            here = self._ordered[position]
+        else:
+            here = estimator.beyond(self._last, self.queue.clock(), position - len(plan) + 1)
+        item = self.queue.scheduler.get(key)
+        return here if item is None else estimator.placed(here, item.model)
 
     def last_of(self, keys: Iterable[str]) -> Eta | None:
         """The estimate of whichever of ``keys`` runs last (a batch's finish)."""
