@@ -118,8 +118,8 @@ def build_parts(config: Config, reactor: Any) -> Parts:
     control = QueueControl(store, queue, worker, reactor, recording=lambda: runner.recording)
     etas = EtaBoard(queue, worker)
 
-    def eta_of(key: str) -> dict[str, Any] | None:
-        found = etas.of(key)
+    def eta_of(key: str, position: int | None = None) -> dict[str, Any] | None:
+        found = etas.of(key, position)
         return None if found is None else found.as_dict(rfc3339)
 
     def batch_eta(keys: Iterable[str]) -> dict[str, Any] | None:

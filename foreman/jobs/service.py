@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -84,6 +84,16 @@ def _utf8_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
+class EtaOf(Protocol):
+    """The estimate of a waiting job (``position``: its place, when already known)."""
+
+    def __call__(self, key: str, position: int | None = None) -> dict[str, Any] | None: ...
+
+
+def _no_eta(key: str, position: int | None = None) -> dict[str, Any] | None:
+    return None
+
+
 class JobService:
     def __init__(
         self,
@@ -111,7 +121,7 @@ class JobService:
         self.resident: Callable[[], tuple[str, ...]] = tuple
         self.live_tokens: Callable[[str], int | None] = lambda job_id: None
         #: the estimated start and finish of a queued job (``foreman.work.etaboard``)
-        self.eta_of: Callable[[str], dict[str, Any] | None] = lambda job_id: None
+        self.eta_of: EtaOf = _no_eta
         #: told of every batch line that reached done, failed or cancelled
         self.line_listeners: list[Callable[[JobRow], None]] = []
         #: True while a batch still needs its lines (they cannot be deleted then)
@@ -126,7 +136,7 @@ class JobService:
         position = eta = None
         if row.state == jobstate.JobState.QUEUED:
             position = self.queue.position(row.id, self.resident())
-            eta = self.eta_of(row.id)
+            eta = self.eta_of(row.id, position)
         return job_object(
             row,
             self.base_url(row),

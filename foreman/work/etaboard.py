@@ -59,21 +59,22 @@ class EtaBoard:
         self._made = now
         return self._plan
 
-    def of(self, key: str) -> Eta | None:
-        """The estimate for one waiting item (None: not waiting)."""
-        return self._paused(self._of(key))
+    def of(self, key: str, position: int | None = None) -> Eta | None:
+        """The estimate for one waiting item (None: not waiting); ``position`` if known."""
+        return self._paused(self._of(key, position))
 
     def _paused(self, eta: Eta | None) -> Eta | None:
         if eta is None or not self.worker.paused:
             return eta
         return eta.held("the queue is paused: counted as if it resumed now")
 
-    def _of(self, key: str) -> Eta | None:
+    def _of(self, key: str, position: int | None = None) -> Eta | None:
         plan = self._fresh()
         found = plan.get(key)
         if found is not None:
             return found
-        position = self.queue.position(key, self.worker.resident())
+        if position is None:
+            position = self.queue.position(key, self.worker.resident())
         if position is None:
             return None
         estimator = self.worker.estimator
