@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from attrs import define, field, frozen
 
 from foreman.core.residency import canonical_model
-from foreman.core.scheduler import INTERACTIVE, Waiting
+from foreman.core.scheduler import INTERACTIVE, Waiting, after_pick
 
 __all__ = ["DEFAULT_SERVICE", "Estimator", "Eta", "Running"]
 
@@ -31,13 +31,6 @@ WEIGHT = 0.3  # of the newest sample in the weighted mean
 SHARE_WINDOW = 300.0  # seconds over which interactive requests' share of the target is seen
 MAX_SHARE = 0.8
 MIN_SHARE_WINDOW = 10.0  # seconds: a share is never judged over less
-
-
-def _used(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
-    """The resident set after running ``model``: most recent first, least recent out."""
-    if model in resident:
-        return (model, *(m for m in resident if m != model))
-    return (model, *resident)[:cap]
 
 
 @frozen
@@ -146,7 +139,7 @@ class Estimator:
             # a request past its expected time is guessed to end soon, not in the past
             left = running.load + expected - (now - running.since)
             clock += max(left, expected * 0.1)
-            current = _used(current, model, cap)  # its load may push another model out
+            current = after_pick(current, model, cap)  # its load may push another model out
         # chats and other interactive requests come in ahead of waiting jobs:
         # a job's wait stretches by the share of the target they have been taking
         stretch = 1.0 / (1.0 - self.interactive_share(now))
@@ -154,7 +147,7 @@ class Estimator:
         for item in order:
             model = canonical_model(item.model)
             cost = 0.0 if model in current else load_costs.get(model, 0.0)
-            current = _used(current, model, cap)
+            current = after_pick(current, model, cap)
             expected = self.service(model)
             if expected is None:
                 if model not in unknown:

@@ -96,7 +96,7 @@ class _PlanState:
     turn_start: float
 
 
-def _after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
+def after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ...]:
     """The resident set after running ``model``: it is the most recently used; a
     load past ``cap`` models pushes out the least recently used."""
     if model in resident:
@@ -269,7 +269,7 @@ class Scheduler:
                 if item is None:
                     break
                 taken.append(item)
-                current = _after_pick(current, self._c(item.model), cap)
+                current = after_pick(current, self._c(item.model), cap)
         finally:
             for item in taken:
                 self.add(item)
@@ -498,7 +498,7 @@ class Scheduler:
             assert load is not None
             groups.append([(load, start[load], start[load] + 1)])
             start[load] += 1
-            state.resident = _after_pick(state.resident, self._c(load), cap)
+            state.resident = after_pick(state.resident, self._c(load), cap)
             state.turn_model, state.turn_start = self._c(load), now
 
     def _drained(self, p: int, group: _Group, state: _PlanState, now: float) -> None:

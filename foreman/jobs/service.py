@@ -210,7 +210,7 @@ class JobService:
             base_url=request_base,
         )
         row, created, event = await self.store.write(
-            lambda c: sql.insert_job(c, new, self._render_for_event)
+            lambda c: sql.insert_job(c, new, self.render_for_event)
         )
         if created:
             self.queue.add_job(row.id, row.model, row.priority, row.created_at, None)
@@ -221,15 +221,13 @@ class JobService:
         """The job object stored with an event; runs on the store thread (no scheduler)."""
         return job_object(row, self.base_url(row), seq=seq)
 
-    _render_for_event = render_for_event
-
     def new_id(self) -> str:
         return new_job_id(self.reactor.seconds())
 
     async def apply(self, transition: jobstate.Transition) -> JobRow | None:
         """Write ``transition``; None when the job left its source states meanwhile."""
         row, event = await self.store.write(
-            lambda c: sql.change_state(c, transition, self._render_for_event)
+            lambda c: sql.change_state(c, transition, self.render_for_event)
         )
         if row is not None and event is not None:
             self._published(row, event)

@@ -24,6 +24,7 @@ from foreman.web.httpjson import (
     json_error,
     json_response,
     read_json,
+    seconds_arg,
     text_arg,
 )
 from foreman.web.job_routes import request_base_url
@@ -36,15 +37,9 @@ _PURPOSES = ("batch",)
 
 
 def _wait_args(request: Any) -> tuple[float, str | None, int | None]:
-    raw = text_arg(request, "wait")
-    if not raw:
+    wait = seconds_arg(request, "wait", _MAX_WAIT)
+    if not wait:
         return 0.0, None, None
-    try:
-        wait = float(raw)
-    except ValueError:
-        raise BadRequest("wait must be a number of seconds", "invalid_parameter") from None
-    if not 0 <= wait <= _MAX_WAIT:
-        raise BadRequest(f"wait must be between 0 and {_MAX_WAIT:g}", "invalid_parameter")
     status = text_arg(request, "status") or None
     done = int_arg(request, "done", -1, -1, 10**9)
     return wait, status, None if done < 0 else done

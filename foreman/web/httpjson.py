@@ -8,7 +8,15 @@ from typing import Any
 from foreman.core.errors import BadRequest  # re-exported: routes catch it from here
 from foreman.web.errorbody import Family, error_body, family_of
 
-__all__ = ["BadRequest", "int_arg", "json_error", "json_response", "read_json", "text_arg"]
+__all__ = [
+    "BadRequest",
+    "int_arg",
+    "json_error",
+    "json_response",
+    "read_json",
+    "seconds_arg",
+    "text_arg",
+]
 
 
 def json_response(request: Any, body: Any, status: int = 200) -> bytes:
@@ -65,4 +73,18 @@ def int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
         raise BadRequest(f"{name} must be an integer", "invalid_parameter") from None
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}", "invalid_parameter")
+    return value
+
+
+def seconds_arg(request: Any, name: str, high: float) -> float:
+    """A number of seconds in [0, high] (a long-poll's ``wait``); 0 when not given."""
+    raw = text_arg(request, name)
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number of seconds", "invalid_parameter") from None
+    if not 0 <= value <= high:
+        raise BadRequest(f"{name} must be between 0 and {high:g}", "invalid_parameter")
     return value

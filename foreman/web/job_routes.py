@@ -25,6 +25,7 @@ from foreman.web.httpjson import (
     json_error,
     json_response,
     read_json,
+    seconds_arg,
     text_arg,
 )
 from foreman.web.sse import stream_job_events
@@ -99,15 +100,7 @@ def register(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/jobs/<job_id>", methods=["GET"])
     async def get(request: Any, job_id: str) -> bytes:
-        raw_wait = text_arg(request, "wait")
-        wait = 0.0
-        if raw_wait:
-            try:
-                wait = float(raw_wait)
-            except ValueError:
-                raise BadRequest("wait must be a number of seconds", "invalid_parameter") from None
-            if not 0 <= wait <= _MAX_WAIT:
-                raise BadRequest(f"wait must be between 0 and {_MAX_WAIT:g}", "invalid_parameter")
+        wait = seconds_arg(request, "wait", _MAX_WAIT)
         if wait > 0:
             row = await jobs.get_row(job_id)
             if row is None:

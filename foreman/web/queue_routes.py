@@ -10,26 +10,13 @@ from typing import Any
 
 from klein import Klein
 
-from foreman.web.httpjson import BadRequest, json_error, json_response, text_arg
+from foreman.web.httpjson import BadRequest, json_error, json_response, seconds_arg, text_arg
 from foreman.web.view import DaemonView
 
 __all__ = ["register"]
 
 _MAX_WAIT = 300.0
 _ACTIONS = ("pause", "resume", "drain")
-
-
-def _seconds(request: Any, name: str) -> float:
-    raw = text_arg(request, name)
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number of seconds", "invalid_parameter") from None
-    if not 0 <= value <= _MAX_WAIT:
-        raise BadRequest(f"{name} must be between 0 and {_MAX_WAIT:g}", "invalid_parameter")
-    return value
 
 
 def _flag(request: Any, name: str) -> bool | None:
@@ -56,14 +43,14 @@ def register(app: Klein, daemon: DaemonView) -> None:
 
     @app.route("/queue/drain", methods=["POST"])
     async def queue_drain(request: Any) -> bytes:
-        wait = _seconds(request, "wait")
+        wait = seconds_arg(request, "wait", _MAX_WAIT)
         await control.pause(drain=True)
         state = await control.until_drained(wait)
         return json_response(request, {"object": "queue.state", **state})
 
     @app.route("/queue/activity", methods=["GET"])
     async def queue_activity(request: Any) -> bytes:
-        wait = _seconds(request, "wait")
+        wait = seconds_arg(request, "wait", _MAX_WAIT)
         busy = _flag(request, "busy")
         return json_response(request, await control.activity_change(busy, wait))
 
