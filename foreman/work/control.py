@@ -167,6 +167,7 @@ class QueueControl:
     async def activity_change(self, busy: bool | None, timeout: float) -> dict[str, Any]:
         """``activity()`` at once when ``busy`` differs from now, else on a change or timeout."""
         if busy is not None and busy == self.busy and timeout > 0:
+            self._busy = busy  # what a change is judged against from now on
             await self._wait(self._activity, timeout, busy)
         return self.activity()
 
@@ -178,7 +179,8 @@ class QueueControl:
         A pick takes an item off the queue a moment before the worker marks it
         running; judged at once, that moment would read as idle.
         """
-        if self._pending is None:
+        # nobody waits: nothing to tell (no timer on every request's way)
+        if self._pending is None and (self._activity or self._drains):
             self._pending = self.clock.callLater(0, self._tell)
 
     def _tell(self) -> None:
