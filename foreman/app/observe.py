@@ -9,10 +9,13 @@ transitions are logged and counted by their one writer, ``JobService.apply``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import time as _time
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
+from foreman.core.logtext import escape_for_log
+from foreman.ops.logs import LINE_KEY, TEXT_FIELD_LIMIT
 from foreman.ops.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -24,30 +27,64 @@ _access = Logger(namespace="foreman.access")
 
 
 def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
+    """The per-request reporter: one access event, already rendered as its text line.
+
+    It runs for every request, so the line is built here with one f-string
+    (``LINE_KEY``) instead of a format string the log observers parse per
+    event, and the event goes straight to the logger's observer (``emit``
+    re-checks the level against every ``LogLevel`` first). The fields stay in
+    the event for the JSON format and any other observer.
+    """
+    observer = _access.observer
+    info = LogLevel.info
+
     def report(request: Any, status: int) -> None:
         route = request.route_class
         metrics.request(route, status)
         started = getattr(request, "started", None)
-        duration = (clock.seconds() - started) * 1000.0 if started else 0.0
-        wait = request.responseHeaders.getRawHeaders(b"x-foreman-queue-wait-ms")
-        down = request.responseHeaders.getRawHeaders(b"x-foreman-target-wait-ms")
+        now = clock.seconds()
+        duration = (now - started) * 1000.0 if started else 0.0
+        headers = request.responseHeaders
+        wait = headers.getRawHeaders(b"x-foreman-queue-wait-ms")
+        down = headers.getRawHeaders(b"x-foreman-target-wait-ms")
         model = request.model
-        _access.info(
-            "{method} {path} {status} {duration_ms:.1f}ms {route}{model_text}{wait_text}",
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
-            status=status,
-            duration_ms=duration,
-            route=route,
-            model=model,
-            model_text=f" model={model}" if model else "",
-            queue_wait_ms=float(wait[0]) if wait else None,
-            target_wait_ms=float(down[0]) if down else None,
-            wait_text=(f" waited {wait[0].decode()}ms" if wait else "")
-            + (f" ({down[0].decode()}ms of it for the target)" if down else ""),
+        method = request.method.decode("latin-1")
+        path = request.path.decode("latin-1")
+        model_text = f" model={escape_for_log(model, TEXT_FIELD_LIMIT)}" if model else ""
+        wait_text = (f" waited {wait[0].decode()}ms" if wait else "") + (
+            f" ({down[0].decode()}ms of it for the target)" if down else ""
+        )
+        line = (
+            f"{escape_for_log(method, TEXT_FIELD_LIMIT)} {escape_for_log(path, TEXT_FIELD_LIMIT)}"
+            f" {status} {duration:.1f}ms {route}{model_text}{wait_text}"
+        )
+        observer(
+            {
+                "log_logger": _access,
+                "log_level": info,
+                "log_namespace": "foreman.access",
+                "log_source": None,
+                "log_format": _ACCESS_FORMAT,
+                "log_time": _time(),
+                LINE_KEY: line,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration,
+                "route": route,
+                "model": model,
+                "model_text": model_text,
+                "queue_wait_ms": float(wait[0]) if wait else None,
+                "target_wait_ms": float(down[0]) if down else None,
+                "wait_text": wait_text,
+            }
         )
 
     return report
+
+
+#: what a plain Twisted observer renders the access event with (the same line)
+_ACCESS_FORMAT = "{method} {path} {status} {duration_ms:.1f}ms {route}{model_text}{wait_text}"
 
 
 def live_state(parts: Parts) -> dict[str, Any]:

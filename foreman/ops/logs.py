@@ -8,6 +8,7 @@ included.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from collections.abc import Iterable
@@ -26,10 +27,14 @@ from zope.interface import implementer
 
 from foreman.core.logtext import escape_for_log
 
-__all__ = ["make_observer", "scrub"]
+__all__ = ["LINE_KEY", "TEXT_FIELD_LIMIT", "make_observer", "scrub"]
 
 _REDACTED = "[redacted]"
 TEXT_FIELD_LIMIT = 1024  # characters of one field in a text log line
+#: An event may carry its message already rendered, every outside value in it
+#: escaped (``escape_for_log``): the observers write it as it is instead of
+#: formatting ``log_format`` (the access line, once per request, does this).
+LINE_KEY = "log_foreman_line"
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -47,7 +52,12 @@ class _TextObserver:
         self._secrets = secrets
 
     def __call__(self, event: LogEvent) -> None:
-        text = eventAsText(_escaped(event), includeSystem=True, formatTime=_iso_time)
+        line = event.get(LINE_KEY)
+        if line is not None and "log_system" not in event and "log_failure" not in event:
+            level = event["log_level"].name
+            text = f"{_iso_time(event.get('log_time'))} [{event['log_namespace']}#{level}] {line}"
+        else:
+            text = eventAsText(_escaped(event), includeSystem=True, formatTime=_iso_time)
         if not text:
             return
         self._out.write(scrub(text, self._secrets) + "\n")
@@ -68,13 +78,19 @@ def _escaped(event: LogEvent) -> LogEvent:
     return out
 
 
-def _iso_time(when: float | None) -> str:
-    import datetime
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
 
+
+def _iso_time(when: float | None) -> str:
+    """``2026-12-05T08:45:12.345Z``; the date and time part is formatted once a second."""
     if when is None:
         return "-"
-    dt = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second = int(when)
+    if second != _second[0]:
+        dt = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
+        _second[0], _second[1] = second, dt.strftime("%Y-%m-%dT%H:%M:%S")
+    millis = int((when - second) * 1000)
+    return f"{_second[1]}.{millis:03d}Z"
 
 
 _SKIP_KEYS = {"log_logger", "log_source", "log_format", "log_io", "log_trace", "log_flattened"}
@@ -101,7 +117,7 @@ class _JSONObserver:
             "time": _iso_time(event.get("log_time")),
             "level": getattr(event.get("log_level"), "name", "info"),
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": event.get(LINE_KEY) or formatEvent(event),
         }
         failure = event.get("log_failure")
         if failure is not None:

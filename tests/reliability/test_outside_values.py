@@ -6,14 +6,19 @@ import io
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
+from twisted.web.http_headers import Headers
 
+from foreman.app import observe as access_module
+from foreman.app.observe import request_line
 from foreman.core.logtext import escape_for_log
 from foreman.ops.logs import make_observer
+from foreman.ops.metrics import Metrics
 from tests.harness import chat, start_stack
 
 
@@ -124,3 +129,46 @@ def test_escape_for_log_keeps_plain_text_and_escapes_controls() -> None:
     assert escape_for_log("\u2028") == "\\u2028"
     assert escape_for_log("é" * 10) == "é" * 10
     assert escape_for_log("x" * 300).endswith("…(+44 chars)")
+
+
+def test_the_access_line_is_rendered_once_escaped_and_scrubbed() -> None:
+    """The per-request line skips format parsing but says what Twisted's rendering says."""
+    out, seen = io.StringIO(), []
+    text_observer = make_observer("text", ("tok-123",), out)
+
+    def both(event: LogEvent) -> None:
+        seen.append(event)
+        text_observer(event)
+
+    request = SimpleNamespace(
+        route_class="inference",
+        started=10.0,
+        model="llama3.2",
+        method=b"POST",
+        path=b"/api/chat\r\n[forged]tok-123",
+        responseHeaders=Headers({b"X-Foreman-Queue-Wait-Ms": [b"7"]}),
+    )
+    publisher = access_module._access
+    saved = publisher.observer
+    publisher.observer = cast(ILogObserver, both)
+    try:
+        request_line(Metrics(), SimpleNamespace(seconds=lambda: 10.0125))(request, 200)
+    finally:
+        publisher.observer = saved
+    (line,) = out.getvalue().splitlines()
+    assert line.endswith(
+        "[foreman.access#info] POST /api/chat\\r\\n[forged][redacted] 200 12.5ms inference"
+        " model=llama3.2 waited 7ms"
+    ), line
+    (event,) = seen
+    assert event["path"] == "/api/chat\r\n[forged]tok-123" and event["status"] == 200
+    # an observer that formats the event itself gets the same words (unescaped fields)
+    plain = formatEvent(event)
+    assert plain == (
+        "POST /api/chat\r\n[forged]tok-123 200 12.5ms inference model=llama3.2 waited 7ms"
+    )
+    json_out = io.StringIO()
+    make_observer("json", ("tok-123",), json_out)(event)
+    record = json.loads(json_out.getvalue())
+    assert record["message"].startswith("POST /api/chat\\r\\n[forged][redacted] 200")
+    assert record["status"] == 200 and "log_foreman_line" not in record
