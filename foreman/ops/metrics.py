@@ -193,6 +193,7 @@ class Metrics:
         info = Gauge("foreman_build_info", "foreman build (always 1)", ["version"], registry=r)
         info.labels(__version__).set(1)
         self._request_children: dict[tuple[str, int], Any] = {}
+        self._wait_children: dict[str, Any] = {}
 
     def watch(self, read: Callable[[], dict[str, Any]]) -> None:
         self.registry.register(_LiveState(read))  # type: ignore[arg-type]
@@ -205,7 +206,10 @@ class Metrics:
         child.inc()
 
     def dispatched(self, kind: str, waited: float) -> None:
-        self.queue_wait.labels(kind).observe(waited)
+        child = self._wait_children.get(kind)
+        if child is None:  # ``labels`` takes a lock and builds a key: once per kind
+            child = self._wait_children[kind] = self.queue_wait.labels(kind)
+        child.observe(waited)
 
     def woke(self, seconds: float) -> None:
         self.wake_seconds.observe(seconds)

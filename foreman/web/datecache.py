@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from twisted.web import server
 
-__all__ = ["install"]
+__all__ = ["install", "now_text"]
 
 _original: Callable[..., bytes] = vars(server)["datetimeToString"]
 _cached: tuple[int, bytes] = (-1, b"")
@@ -29,6 +29,11 @@ def _now_text(msSinceEpoch: float | None = None) -> bytes:
     if _cached[0] != second:
         _cached = (second, _original(second))
     return _cached[1]
+
+
+def now_text() -> bytes:
+    """The ``Date`` header's value for now."""
+    return _now_text()
 
 
 def install() -> None:

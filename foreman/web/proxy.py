@@ -17,6 +17,7 @@ Ollama stops generating).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,8 @@ _SMALL_BODY = 64 * 1024  # responses this size or smaller need no backpressure
 _IN_MEMORY_BODY = 1024 * 1024  # request bodies up to this are sent as one write
 _DEFAULT_PRIORITY = 10
 
+#: How a response body ends when the whole body came.
+_COMPLETE = (ResponseDone, PotentialDataLoss)
 #: Failures meaning "could not talk to the target at all".
 _UNREACHABLE = (
     ConnectError,
@@ -103,17 +106,22 @@ def _json_error(request: Any, status: int, code: str, message: str) -> None:
 
 
 def _load_seconds(chunk: bytes) -> float | None:
-    """``load_duration`` (ns) of the final NDJSON line or JSON body, in seconds."""
-    if b'"load_duration"' not in chunk:
+    """``load_duration`` (ns) of the final NDJSON line or JSON body, in seconds.
+
+    Read without parsing the line: it runs once per answer, and in JSON a key
+    is the only place the quoted name appears unescaped. Ollama writes the
+    timings after ``message``, so the last occurrence is the top-level one.
+    """
+    at = chunk.rfind(b'"load_duration"')
+    if at < 0:
         return None
-    line = chunk.rstrip().rsplit(b"\n", 1)[-1]
-    try:
-        value = json.loads(line).get("load_duration")
-    except (ValueError, AttributeError):
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value / 1e9
-    return None
+    if at < chunk.rstrip().rfind(b"\n"):
+        return None  # not in the final line
+    match = _LOAD_VALUE.match(chunk, at + len(b'"load_duration"'))
+    return int(match.group(1)) / 1e9 if match is not None else None
+
+
+_LOAD_VALUE = re.compile(rb"\s*:\s*(\d+)\s*[,}]")
 
 
 def _describe(failure: Failure) -> str:
@@ -531,7 +539,8 @@ class _Exchange(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.done = True
         self._stop_watching()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        complete = isinstance(reason.value, _COMPLETE)  # Failure.check walks names: slow
+        if complete:
             self._report()
         self._release()
         if self.client_gone:
@@ -539,7 +548,7 @@ class _Exchange(Protocol):
         request = self.request
         if self.producing:
             request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
+        if complete:
             request.finish()
             return
         if self.lost is not None and self.stream_kind is not None:

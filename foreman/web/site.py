@@ -22,12 +22,14 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from foreman.core.httphead import RequestHead
 from foreman.core.logtext import escape_for_log
 from foreman.core.routeclass import classify
 from foreman.store.database import StoreClosed
 from foreman.web import datecache
 from foreman.web.auth import TokenCheck
 from foreman.web.errorbody import Family, error_body, family_of, own_route
+from foreman.web.front import LEAN_BODY_LIMIT, FrontChannel, LeanRequest
 from foreman.web.upload import Upload, UploadTooLarge
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
@@ -145,26 +147,7 @@ class ForemanRequest(Request):
 
     def processingFailed(self, reason: Failure) -> Failure:  # type: ignore[override]
         """Anything a route did not expect: JSON in the path's shape, never Twisted's HTML."""
-        _log.failure(
-            "{method} {path}: unexpected failure",
-            failure=reason,
-            method=self.method.decode("latin-1"),
-            path=escape_for_log(self.path.decode("latin-1")),
-        )
-        if self.finished or self._disconnected:
-            return reason
-        if self.startedWriting:  # half an answer sent: the client must see it cut
-            self.channel.transport.abortConnection()  # type: ignore[union-attr]
-            return reason
-        status, code, message = failure_answer(reason)
-        body = error_body(family_of(self.path), status, code, message)
-        self.setResponseCode(status)
-        self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        self.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        if status == 503:
-            self.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
-        self.write(body)  # type: ignore[no-untyped-call]
-        self.finish()
+        answer_failure(self, reason, self._disconnected)
         return reason
 
     def gotLength(self, length: int | None) -> None:
@@ -235,6 +218,30 @@ class ForemanRequest(Request):
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
 
 
+def answer_failure(request: Any, reason: Failure, disconnected: bool) -> None:
+    """Log a failure no route handled and answer it, if the client can still be told."""
+    _log.failure(
+        "{method} {path}: unexpected failure",
+        failure=reason,
+        method=request.method.decode("latin-1"),
+        path=escape_for_log(request.path.decode("latin-1")),
+    )
+    if request.finished or disconnected:
+        return
+    if request.startedWriting:  # half an answer sent: the client must see it cut
+        request.channel.transport.abortConnection()
+        return
+    status, code, message = failure_answer(reason)
+    body = error_body(family_of(request.path), status, code, message)
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    if status == 503:
+        request.responseHeaders.setRawHeaders(b"retry-after", [b"5"])
+    request.write(body)
+    request.finish()
+
+
 def failure_answer(reason: Failure) -> tuple[int, str, str]:
     """(status, code, message) for a failure no route handled."""
     if reason.check(sqlite3.OperationalError, sqlite3.DatabaseError, StoreClosed):
@@ -269,6 +276,14 @@ class ErrorResource(Resource):
         return error_body(family_of(request.path), self.status, self.code, self.message)
 
 
+_UNAUTHORIZED = ErrorResource(
+    401,
+    "unauthorized",
+    "missing or wrong Bearer token",
+    {b"www-authenticate": b'Bearer realm="foreman"'},
+)
+
+
 class ForemanSite(Site):
     protocol = _NoDelayChannel  # type: ignore[assignment]
     requestFactory = ForemanRequest
@@ -292,6 +307,7 @@ class ForemanSite(Site):
         self.tokens = tokens
         self.max_body = max_body
         self.report: Callable[[Any, int], None] | None = None
+        self._lean_body = min(max_body, LEAN_BODY_LIMIT)
         #: (request, declared length) -> Upload for ``POST /v1/files``; None: no uploads
         self.uploads: Callable[[Any, int | None], Upload] | None = None
 
@@ -312,14 +328,48 @@ class ForemanSite(Site):
                 request.method, path, request.getHeader(b"authorization")
             )
         if not authorized:
-            return ErrorResource(
-                401,
-                "unauthorized",
-                "missing or wrong Bearer token",
-                {b"www-authenticate": b'Bearer realm="foreman"'},
-            )
+            return _UNAUTHORIZED
         if request.too_large:
             return ErrorResource(
                 413, "body_too_large", f"request body is over the limit of {self.max_body} bytes"
             )
         return self.own if own else self.proxy
+
+    # -- connections: the lean front protocol first (foreman.web.front, ADR 0020) ----------
+
+    def buildProtocol(self, addr: Any) -> FrontChannel:  # type: ignore[override]
+        return FrontChannel(self, addr)
+
+    def web_channel(self, addr: Any) -> HTTPChannel:
+        """A ``twisted.web`` channel, for a connection the front protocol hands over."""
+        channel: HTTPChannel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        return channel
+
+    def lean_route(self, head: RequestHead) -> bool:
+        """Whether the front protocol serves this request itself (the proxy's plain ones)."""
+        return head.content_length <= self._lean_body and not own_route(head.path)
+
+    def deadline_for(self, part: str) -> float:
+        return HEAD_DEADLINE if part == "head" else BODY_DEADLINE
+
+    def serve_lean(self, request: LeanRequest) -> None:
+        """``getResourceFor`` and ``Request.render`` for a request the front protocol read."""
+        path = request.path
+        request.route_class = classify(request.method, path).value
+        if not self.tokens.allows(request.method, path, request.getHeader(b"authorization")):
+            resource: Any = _UNAUTHORIZED
+        else:
+            resource = self.proxy
+        try:
+            body = resource.render(request)
+        except Exception:
+            answer_failure(request, Failure(), request._disconnected)
+            return
+        if isinstance(body, bytes):
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
+
+    def report_lean(self, request: LeanRequest, status: int) -> None:
+        if self.report is not None:
+            self.report(request, status)
