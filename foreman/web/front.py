@@ -182,7 +182,8 @@ class LeanRequest:
                 parts.append(data)
         if parts:
             transport.writeSequence(parts)
-            send_now(transport)
+            if self._chunked:  # a stream: each chunk leaves as it comes
+                send_now(transport)
 
     def finish(self) -> None:
         if self.finished:
@@ -197,10 +198,11 @@ class LeanRequest:
             ):
                 self.responseHeaders.setRawHeaders(b"Content-Length", [b"0"])
             transport.writeSequence(self._head())
-            send_now(transport)
         elif self._chunked:
             transport.write(b"0\r\n\r\n")
-            send_now(transport)
+        # A body of known length leaves here, at its end: the relay releases the
+        # worker first, so the next dispatch does not wait for this write.
+        send_now(transport)
         self.finished = True
         self.channel.finished(self, self.code)
         notify, self._notify = self._notify, []
