@@ -338,3 +338,26 @@ async def test_tokens_on_both_sides(tmp_path: Path) -> None:
         assert seen == {"Bearer target-secret"}
     finally:
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_cancelled_while_its_row_is_read_ahead_never_runs(tmp_path: Path) -> None:
+    """The worker reads the next jobs' rows while one runs; a cancel still wins."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=50.0, load_time=0.0)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        await stack.daemon.worker.stop(0)
+        jobs = [await stack.submit(chat("llama3.2", f"q{n}")) for n in range(6)]
+        stack.daemon.worker.start()
+        runner, victim = stack.daemon.runner, jobs[3]
+        await until(lambda: runner.has_ahead(victim["id"]))  # its row is read, it waits
+        assert (await stack.post(f"/jobs/{victim['id']}/cancel")).json()["state"] == "cancelled"
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        assert [e["state"] for e in ends] == ["done"] * 3 + ["cancelled"] + ["done"] * 2
+        chats = [r.json for r in sim.requests if r.path == "/api/chat" and r.json.get("messages")]
+        asked = [c["messages"][0]["content"] for c in chats]  # loads carry no messages
+        assert asked == ["q0", "q1", "q2", "q4", "q5"]
+    finally:
+        await stack.stop()

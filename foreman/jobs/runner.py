@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -177,7 +177,7 @@ class JobRunner:
         self._recording: set[Deferred[None]] = set()
         self._pauses: set[Deferred[None]] = set()
         self._recorded_tokens: dict[str, int] = {}
-        self._prefetched: tuple[str, Deferred[JobRow | None]] | None = None
+        self._ahead: dict[str, Deferred[JobRow | None]] = {}  # rows read ahead (prefetch)
         #: told when an attempt's recording ends (a drain waits for the last one)
         self.on_recorded: Callable[[], None] | None = None
         self.knows_resident: Callable[[str], bool] | None = None
@@ -208,17 +208,35 @@ class JobRunner:
             return self.tokens
         return self._recorded_tokens.get(job_id)
 
-    def prefetch(self, job_id: str) -> None:
-        """Read the row of the job likely to run next while the target is busy."""
-        if self._prefetched is not None and self._prefetched[0] == job_id:
-            return
-        self._prefetched = (job_id, Deferred.fromCoroutine(self._jobs.get_row(job_id)))
-        self._prefetched[1].addErrback(lambda _: None)  # run() reads again on a failure
+    def prefetch(self, job_ids: Sequence[str]) -> None:
+        """Read ahead the rows of the jobs likely to run next, while the target is busy.
+
+        A window of them, not only the next one: a fast target answers before a
+        single read comes back, and then every dispatch would wait for its row.
+        Rows already read (or being read) are kept; the others are dropped.
+        """
+        ahead: dict[str, Deferred[JobRow | None]] = {}
+        for job_id in job_ids:
+            reading = self._ahead.get(job_id)
+            if reading is None:
+                reading = Deferred.fromCoroutine(self._jobs.get_row(job_id))
+                reading.addErrback(lambda _: None)  # run() reads again on a failure
+            ahead[job_id] = reading
+        self._ahead = ahead
+
+    def has_ahead(self, job_id: str) -> bool:
+        """Whether ``job_id``'s row is read (or being read) ahead."""
+        return job_id in self._ahead
+
+    @property
+    def ahead_count(self) -> int:
+        """Rows read (or being read) ahead and not used yet."""
+        return len(self._ahead)
 
     async def _row(self, job_id: str) -> JobRow | None:
-        prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == job_id:
-            row = await prefetched[1]
+        reading = self._ahead.pop(job_id, None)
+        if reading is not None:
+            row = await reading
             if row is not None:
                 return row
         return await self._jobs.get_row(job_id)
@@ -254,8 +272,15 @@ class JobRunner:
             self.job_id, self._call, self.phase = None, None, None
 
     def _record_later(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Record the attempt from the reactor's next turn on.
+
+        Started at once, its first steps (artifact writes handed to threads,
+        the final state's transaction) would run before the worker picks the
+        next job; started on the next turn they run after that job was sent.
+        """
         self._recorded_tokens[job_id] = self.tokens
-        d = Deferred.fromCoroutine(work)
+        d: Deferred[None] = Deferred()
+        self._reactor.callLater(0, lambda: Deferred.fromCoroutine(work).chainDeferred(d))
         self._recording.add(d)
 
         def done(result: Any) -> None:
@@ -296,12 +321,22 @@ class JobRunner:
         row = await self._row(job_id)
         if row is None or row.state != jobstate.JobState.QUEUED:
             return None
-        self._write(attempt, jobstate.start_loading(job_id, self._clock.seconds()))
         request = row.request_body()
-        await self._load(row, request)
-        self._write(attempt, jobstate.start_working(job_id, self._clock.seconds()))
-        self.phase = "working"
-        answer = await self._generate(row, request)
+        if self._known_loaded(row, request):
+            # the request leaves first; the two state writes follow while the
+            # target works (their compare-and-set still aborts a cancelled job)
+            generating = Deferred.fromCoroutine(self._generate(row, request))
+            now = self._clock.seconds()
+            self._write(attempt, jobstate.start_loading(job_id, now))
+            self._write(attempt, jobstate.start_working(job_id, now))
+            self.phase = "working"
+            answer = await generating
+        else:
+            self._write(attempt, jobstate.start_loading(job_id, self._clock.seconds()))
+            await self._load(row, request)
+            self._write(attempt, jobstate.start_working(job_id, self._clock.seconds()))
+            self.phase = "working"
+            answer = await self._generate(row, request)
         self._record_later(job_id, self._record(attempt, row, answer))
         return row.model
 
@@ -338,6 +373,12 @@ class JobRunner:
                 return
             finally:
                 self._pauses.discard(pause)
+
+    def _known_loaded(self, row: JobRow, request: dict[str, Any]) -> bool:
+        """No load to do: the endpoint needs none, or the model is known to be resident."""
+        if preload_request(row.endpoint, request) is None:
+            return True
+        return self.knows_resident is not None and self.knows_resident(row.model)
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
         preload = preload_request(row.endpoint, request)

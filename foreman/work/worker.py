@@ -21,7 +21,7 @@ is handed back to the proxy (which requeues it or ends it with an error).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -39,6 +39,9 @@ __all__ = ["Worker"]
 
 _log = Logger()
 
+#: job rows read ahead while the target works (a fast target outruns one read)
+PREFETCH_WINDOW = 8
+
 
 class JobRunner(Protocol):
     """What the worker needs of the job layer's runner (``foreman.jobs.runner``)."""
@@ -53,8 +56,15 @@ class JobRunner(Protocol):
     def abort(self, reason: TargetError | None = None) -> None:
         """Abort the running attempt's target call."""
 
-    def prefetch(self, job_id: str) -> None:
-        """Read ahead what the attempt for ``job_id`` will need (it may never run)."""
+    def prefetch(self, job_ids: Sequence[str]) -> None:
+        """Read ahead what the attempts for ``job_ids`` will need (they may never run)."""
+
+    def has_ahead(self, job_id: str) -> bool:
+        """Whether ``prefetch`` already covers ``job_id``."""
+
+    @property
+    def ahead_count(self) -> int:
+        """Rows read ahead and not used yet."""
 
 
 class StorageHealth(Protocol):
@@ -429,10 +439,21 @@ class Worker:
             self._changed()
 
     def _prefetch_next(self) -> None:
-        """While the target works, read the row of the job most likely to run next."""
-        following = self._queue.scheduler.peek(self._queue.clock(), self.resident())
-        if following is not None and following.kind != INTERACTIVE:
-            self._runner.prefetch(following.key)
+        """While the target works, read the rows of the jobs most likely to run next.
+
+        The window is planned again (``order``) when half of it is used or the
+        next pick is not in it, about once every ``PREFETCH_WINDOW / 2`` jobs:
+        the rows of the new half are read while the old half runs.
+        """
+        queue, resident = self._queue, self.resident()
+        following = queue.scheduler.peek(queue.clock(), resident)
+        if following is None or following.kind == INTERACTIVE:
+            return
+        runner = self._runner
+        if runner.has_ahead(following.key) and runner.ahead_count > PREFETCH_WINDOW // 2:
+            return
+        upcoming = queue.order(resident, PREFETCH_WINDOW)
+        self._runner.prefetch([w.key for w in upcoming if w.kind != INTERACTIVE])
 
     def cancel_job(self, job_id: str) -> None:
         if self._runner.job_id == job_id:

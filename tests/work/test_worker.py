@@ -7,6 +7,7 @@ each test is synchronous and takes microseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +23,7 @@ from foreman.target.call import SHUTDOWN, TargetError
 from foreman.work.admission import InferenceCall, Slot
 from foreman.work.queue import WorkQueue
 from foreman.work.views import queue_view, work_status
-from foreman.work.worker import JobRunner, Worker
+from foreman.work.worker import PREFETCH_WINDOW, JobRunner, Worker
 from tests.deferreds import failure_of, result_of
 
 # -- helpers ---------------------------------------------------------------
@@ -38,7 +39,7 @@ class FakeRunner:
         self.raise_at_once: dict[str, Exception] = {}
         self.finish_on_abort = True
         self._pending: dict[str, Deferred[str | None]] = {}
-        self.prefetched: list[str] = []
+        self.prefetched: list[list[str]] = []
 
     async def run(self, job_id: str) -> str | None:
         self.started.append(job_id)
@@ -53,8 +54,21 @@ class FakeRunner:
             self.job_id = None
             self._pending.pop(job_id, None)
 
-    def prefetch(self, job_id: str) -> None:
-        self.prefetched.append(job_id)
+    def prefetch(self, job_ids: Sequence[str]) -> None:
+        self.prefetched.append(list(job_ids))
+
+    def has_ahead(self, job_id: str) -> bool:
+        return job_id in self._ahead()
+
+    @property
+    def ahead_count(self) -> int:
+        return len(self._ahead())
+
+    def _ahead(self) -> list[str]:
+        """Like the real runner: the last window, less the jobs started since."""
+        if not self.prefetched:
+            return []
+        return [j for j in self.prefetched[-1] if j not in self.started]
 
     def abort(self, reason: TargetError | None = None) -> None:
         self.aborts.append((self.job_id, reason))
@@ -204,6 +218,27 @@ def test_runs_one_job_at_a_time(h: Harness) -> None:
     assert h.worker.current is None
     assert h.worker.dispatched == 2
     assert len(h.queue.scheduler) == 0
+
+
+def test_rows_of_the_next_jobs_are_read_ahead_half_a_window_early(h: Harness) -> None:
+    total = 2 * PREFETCH_WINDOW + 1
+    for n in range(1, total + 1):
+        h.add(f"j{n}", "m")
+    h.worker.start()
+    # j1 runs; the next PREFETCH_WINDOW jobs in dispatch order are read ahead
+    assert h.runner.prefetched == [[f"j{n}" for n in range(2, PREFETCH_WINDOW + 2)]]
+    half = PREFETCH_WINDOW // 2
+    for n in range(1, half + 1):
+        h.runner.finish(f"j{n}", "m")
+    # half of the window is used: a new window starts at the next pick, whose row is
+    # already read (kept, not read again); the other half's rows are read now
+    assert len(h.runner.prefetched) == 2
+    assert h.runner.prefetched[1] == [f"j{n}" for n in range(half + 2, half + 2 + PREFETCH_WINDOW)]
+    for n in range(half + 1, total + 1):
+        h.runner.finish(f"j{n}", "m")
+    planned = {j for window in h.runner.prefetched for j in window}
+    assert planned == {f"j{n}" for n in range(2, total + 1)}  # every job but the first
+    assert h.runner.started == [f"j{n}" for n in range(1, total + 1)]
 
 
 def test_idle_worker_picks_up_work_added_later(h: Harness) -> None:
