@@ -227,6 +227,8 @@ class ProxyResource(Resource):
         )
         exchange = _Exchange(self, request, RouteClass.INFERENCE, raw or None)
         exchange.call = call
+        # built while the request waits, so the dispatch only has to send
+        exchange.head = self.forward_headers(request)
         exchange.admit(self.admission.admit(call))
         return NOT_DONE_YET
 
@@ -282,6 +284,7 @@ class _Exchange(Protocol):
 
     slot: Slot | None = None
     call: InferenceCall | None = None
+    head: list[bytes] | None = None  # the header lines to forward, when built early
     pending: Deferred[Any] | None = None
     client_gone = False
     producing = False  # upstream transport registered as producer on the request
@@ -383,9 +386,8 @@ class _Exchange(Protocol):
     def send(self) -> None:
         proxy = self.proxy
         request = self.request
-        d = proxy.upstream.relay(
-            request.method, request.uri, proxy.forward_headers(request), self.body
-        )
+        head = self.head if self.head is not None else proxy.forward_headers(request)
+        d = proxy.upstream.relay(request.method, request.uri, head, self.body)
         self.pending = d
         self._heard_at = proxy.reactor.seconds()
         self._silence = proxy.reactor.callLater(self._silence_limit(), self._silent)
