@@ -26,6 +26,9 @@ in front of it (its real queue and worker); this process as the load.
    queue never runs dry until the last ``--clients`` requests.
 3. Jobs: a held request again, ``--jobs`` durable jobs queued behind it, then
    released: the worker runs them back to back.
+4. The same with ``--slow-jobs`` jobs the upstream takes 20 ms over each (a
+   short real answer), so each job's bookkeeping can finish while the next
+   one runs: what remains is the dispatch path itself.
 
 A gap is the first byte of one inference request minus the end of the
 previous answer, counted only when nothing else is in flight at the target
@@ -79,7 +82,8 @@ GOAL_GAP_MS = 0.2
 HOLD = b"hold the worker"
 HOLD_TIMEOUT = 120.0  # the upstream gives up holding: a broken run ends instead of hanging
 DEADLINE = 120.0  # seconds for one scenario
-SMOKE = {"requests": 60, "jobs": 15, "floor": 100, "warmup": 10}
+SMOKE = {"requests": 60, "jobs": 15, "slow_jobs": 10, "floor": 100, "warmup": 10}
+SLOW_TARGET_MS = 20  # the upstream's time per job in the slow-jobs row
 
 
 # -- the recording upstream (runs in its own process) ---------------------------------------
@@ -177,9 +181,13 @@ class GapHandler(FastHandler):
             if held:
                 rec.gate.wait(HOLD_TIMEOUT)
             try:
-                stream = json.loads(body).get("stream", True) is not False
+                doc = json.loads(body)
+                stream = doc.get("stream", True) is not False
+                delay_ms = (doc.get("options") or {}).get("bench_delay_ms", 0)
             except ValueError:
-                stream = False
+                stream, delay_ms = False, 0
+            if delay_ms:  # a target that takes this long to generate (a short real answer)
+                time.sleep(delay_ms / 1000)
             sock.sendall(_CHAT_STREAM if stream else _CHAT_JSON)
             ended = time.monotonic_ns()
             with rec.lock:
@@ -348,14 +356,24 @@ async def _at_least(conn: AioHTTP, count: int, kind: str = "interactive") -> boo
     return await queued(conn, kind) >= count
 
 
-async def jobs(daemon: str, upstream: str, count: int) -> list[list[int]]:
-    """``count`` durable jobs queued behind a held request, then run back to back."""
+async def jobs(daemon: str, upstream: str, count: int, delay_ms: int = 0) -> list[list[int]]:
+    """``count`` durable jobs queued behind a held request, then run back to back.
+
+    With ``delay_ms`` the upstream takes that long over each job, as a short
+    real generation does: each job's bookkeeping then has the time to finish
+    while the next one runs, and the gap shows only what lies between two
+    dispatches. Without it (answers in about 0.1 ms) the bookkeeping of earlier
+    jobs is still running on the reactor when an answer arrives.
+    """
     control(upstream, "/_reset")
     holder = await hold(daemon, upstream)
     conn = await AioHTTP.open(daemon)
     try:
         for i in range(count):
-            body = {"request": chat_body(MODEL, f"job {i}"), "metadata": {"i": i}}
+            request = chat_body(MODEL, f"job {i}")
+            if delay_ms:
+                request["options"] = {"bench_delay_ms": delay_ms}
+            body = {"request": request, "metadata": {"i": i}}
             status, doc = await conn.json("POST", "/jobs", body)
             if status != 202:
                 raise RuntimeError(f"POST /jobs answered {status}: {doc}")
@@ -400,6 +418,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="interactive clients")
     parser.add_argument("--requests", type=int, default=2000, help="interactive requests")
     parser.add_argument("--jobs", type=int, default=300, help="queued jobs")
+    parser.add_argument(
+        "--slow-jobs", type=int, default=150, help=f"queued jobs on a {SLOW_TARGET_MS} ms target"
+    )
     parser.add_argument("--floor", type=int, default=2000, help="direct back-to-back requests")
     parser.add_argument("--warmup", type=int, default=200, help="chats through foreman first")
     parser.add_argument("--json", help="also write the results here (for run_all)")
@@ -426,6 +447,9 @@ def main() -> None:
             interactive(daemon.url, upstream.url, args.clients, args.requests, args.warmup)
         )
         found["jobs"] = asyncio.run(jobs(daemon.url, upstream.url, args.jobs))
+        found["slow_jobs"] = asyncio.run(
+            jobs(daemon.url, upstream.url, args.slow_jobs, SLOW_TARGET_MS)
+        )
     finally:
         stop_all(servers)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -437,6 +461,11 @@ def main() -> None:
             f"up to {args.clients}",
         ),
         "jobs": (f"foreman: {args.jobs} queued durable jobs", f"{args.jobs - 1} → 0"),
+        "slow_jobs": (
+            f"foreman: {args.slow_jobs} queued durable jobs, the target taking"
+            f" {SLOW_TARGET_MS} ms over each",
+            f"{args.slow_jobs - 1} → 0",
+        ),
     }
     measured: dict[str, tuple[list[float], int]] = {}
     rows: list[list[object]] = []
@@ -467,6 +496,11 @@ def main() -> None:
     for key, what in (
         ("interactive", f"{args.clients} interactive clients waiting"),
         ("jobs", "queued durable jobs: bookkeeping never between two dispatches"),
+        (
+            "slow_jobs",
+            f"queued durable jobs, target taking {SLOW_TARGET_MS} ms each: the bookkeeping"
+            " overlaps the next job",
+        ),
     ):
         values, most = measured[key]
         p50, p99 = pcts(values, 50, 99)
