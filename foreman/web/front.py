@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from foreman.core.httphead import RequestHead, parse_head
-from foreman.target.wire import send_now
+from foreman.target.wire import send_now, write_now
 from foreman.web import datecache
 from foreman.web.errorbody import Family, error_body
 
@@ -174,16 +174,20 @@ class LeanRequest:
             return
         transport = self.channel.transport
         assert transport is not None
-        parts = self._head() if not self.startedWriting else []
-        if data and not self._no_body:
-            if self._chunked:
-                parts += (b"%x\r\n" % len(data), data, b"\r\n")
-            else:
-                parts.append(data)
-        if parts:
-            transport.writeSequence(parts)
+        if self.startedWriting:
+            if not data or self._no_body:
+                return
             if self._chunked:  # a stream: each chunk leaves as it comes
-                send_now(transport)
+                write_now(transport, b"%x\r\n%s\r\n" % (len(data), data))
+            else:
+                transport.write(data)
+            return
+        parts = self._head()
+        if data and not self._no_body:
+            parts += (b"%x\r\n%s\r\n" % (len(data), data),) if self._chunked else (data,)
+        transport.writeSequence(parts)
+        if self._chunked:
+            send_now(transport)
 
     def finish(self) -> None:
         if self.finished:

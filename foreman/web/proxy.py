@@ -308,6 +308,7 @@ class _Exchange(Protocol):
         self.request = request
         self.kind = kind
         self.body = body
+        self._seconds = proxy.reactor.seconds  # read once per body chunk
         request.notifyFinish().addErrback(self._client_lost)
 
     # -- client side ------------------------------------------------------
@@ -533,7 +534,7 @@ class _Exchange(Protocol):
             self.request.registerProducer(transport, True)
 
     def dataReceived(self, data: bytes) -> None:
-        self._heard_at = self.proxy.reactor.seconds()
+        self._heard_at = self._seconds()
         self._last = data
         if not self.client_gone:
             self.request.write(data)
