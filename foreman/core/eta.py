@@ -144,22 +144,31 @@ class Estimator:
         # a job's wait stretches by the share of the target they have been taking
         stretch = 1.0 / (1.0 - self.interactive_share(now))
         plans: list[Eta] = []
+        # per model name as the items spell it: (canonical name, learned time or None)
+        seen: dict[str, tuple[str, float | None]] = {}
+        named = tuple(unknown)
         for item in order:
-            model = canonical_model(item.model)
+            known = seen.get(item.model)
+            if known is None:
+                model = canonical_model(item.model)
+                mean = self._service.get(model)
+                known = seen[item.model] = (model, None if mean is None else mean.value)
+            model, expected = known
             cost = 0.0 if model in current else load_costs.get(model, 0.0)
-            current = after_pick(current, model, cap)
-            expected = self.service(model)
+            if current[:1] != (model,):  # the most recent already: the set stays as it is
+                current = after_pick(current, model, cap)
             if expected is None:
                 if model not in unknown:
                     unknown.append(model)
+                    named = tuple(unknown)
                 expected = fallback
             start = clock  # a job starts (``loading``) when its load begins
             clock = start + cost + expected
             if item.kind == INTERACTIVE:
-                plans.append(Eta(start, clock, not unknown, tuple(unknown)))
+                plans.append(Eta(start, clock, not unknown, named))
             else:
                 late = now + (start - now) * stretch
-                plans.append(Eta(late, late + cost + expected, not unknown, tuple(unknown)))
+                plans.append(Eta(late, late + cost + expected, not unknown, named))
         return plans
 
     def interactive(self, seconds: float, now: float) -> None:

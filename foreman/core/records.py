@@ -25,9 +25,13 @@ class IdempotencyConflict(Exception):
         self.job_id = job_id
 
 
+#: the encoder ``request_hash`` canonicalises with (one, not one per call)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_hash(body: Any) -> str:
     """Hash of the create body, key order ignored, for Idempotency-Key checks."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _CANONICAL.encode(body)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -10,21 +10,23 @@ listeners and wakes the webhook delivery: every transition, the same path.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from foreman.core import jobstate
 from foreman.core.errors import BadRequest
 from foreman.core.ids import JOB_ID, new_job_id
-from foreman.core.jobview import job_object
-from foreman.core.logtext import model_name_too_long
+from foreman.core.jobview import job_object, queued_json
+from foreman.core.logtext import escape_for_log, model_name_too_long
 from foreman.core.records import JobRow, NewJob
 from foreman.core.routeclass import INFERENCE_ROUTES
 from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import JobHub
+from foreman.ops.logs import LINE_KEY, TEXT_FIELD_LIMIT
 from foreman.ops.metrics import Metrics
 from foreman.store import jobs as sql
 from foreman.store.database import Store
@@ -41,7 +43,8 @@ _METADATA_LIMIT = 16 * 1024
 _PRIORITY_RANGE = (-1000, 1000)
 
 
-def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, Any]:
+def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, str | None]:
+    """The fields of a create body; ``metadata`` as the JSON text it is stored as."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", "malformed_json")
     unknown = sorted(set(body) - _CREATE_FIELDS)
@@ -74,14 +77,64 @@ def _validate_create(body: Any) -> tuple[str, dict[str, Any], str | None, int, A
             "invalid_priority",
         )
     metadata = body.get("metadata")
-    if metadata is not None and _utf8_size(metadata) > _METADATA_LIMIT:
-        raise BadRequest(f"metadata is over {_METADATA_LIMIT} bytes", "metadata_too_large")
-    return endpoint, request, webhook_url, priority, metadata
+    text = None
+    if metadata is not None:
+        text = json.dumps(metadata)
+        # ``text`` escapes every non-ASCII character (6 or 12 bytes where UTF-8
+        # takes 2 to 4), so the UTF-8 size is never larger: counted only when
+        # ``text`` itself is over the limit
+        if len(text) > _METADATA_LIMIT and _utf8_size(metadata) > _METADATA_LIMIT:
+            raise BadRequest(f"metadata is over {_METADATA_LIMIT} bytes", "metadata_too_large")
+    return endpoint, request, webhook_url, priority, text
+
+
+# encoders made once (``json.dumps`` with options builds one per call)
+_UNESCAPED = json.JSONEncoder(ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def _utf8_size(value: Any) -> int:
     """JSON size in UTF-8 bytes: an "é" counts 2, not the 6 of its \\u escape."""
-    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return len(_UNESCAPED.encode(value).encode("utf-8", "surrogatepass"))
+
+
+#: what a plain Twisted observer renders a transition event with (the same line)
+_TRANSITION_FORMAT = "job {job_id} {state} model={model} attempts={attempts}{error_text}"
+
+
+def _log_transition(row: JobRow) -> None:
+    """The one line per state change; one with an error (failed, or queued again
+    after a failed attempt) is a warning.
+
+    It is logged for every transition, so the event goes straight to the
+    logger's observer with its line already rendered by one f-string
+    (``LINE_KEY``), as the access line does. Only when no text field needs
+    escaping, so the line is exactly what the observers would make of
+    ``log_format``; otherwise (a model name with a control character, a long
+    error message) they format it as before. The fields stay in the event.
+    """
+    error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
+    event: dict[str, Any] = {
+        "log_logger": _transitions,
+        "log_level": LogLevel.warn if row.error_code else LogLevel.info,
+        "log_namespace": _transitions.namespace,
+        "log_source": None,
+        "log_format": _TRANSITION_FORMAT,
+        "log_time": time.time(),
+        "job_id": row.id,
+        "state": row.state,
+        "model": row.model,
+        "attempts": row.attempts,
+        "endpoint": row.endpoint,
+        "error_code": row.error_code,
+        "error_text": error,
+    }
+    texts = (row.id, row.state, row.model, error)
+    if all(escape_for_log(t, TEXT_FIELD_LIMIT) == t for t in texts):
+        event[LINE_KEY] = (
+            f"job {row.id} {row.state} model={row.model} attempts={row.attempts}{error}"
+        )
+    _transitions.observer(event)
 
 
 class EtaOf(Protocol):
@@ -192,6 +245,22 @@ class JobService:
     async def create(
         self, body: Any, idempotency_key: str | None, request_base: str
     ) -> tuple[dict[str, Any], bool]:
+        """Validate and commit a new job (or find it by Idempotency-Key): (job object,
+        created). The job is committed when this returns."""
+        job, created, _ = await self._create(body, idempotency_key, request_base)
+        return job, created
+
+    async def create_json(
+        self, body: Any, idempotency_key: str | None, request_base: str
+    ) -> tuple[dict[str, Any], bool, str]:
+        """``create``, and the job object's JSON (compact) for the answer: for a job
+        just queued, made from its event's JSON instead of encoding it again."""
+        job, created, text = await self._create(body, idempotency_key, request_base)
+        return job, created, _COMPACT.encode(job) if text is None else text
+
+    async def _create(
+        self, body: Any, idempotency_key: str | None, request_base: str
+    ) -> tuple[dict[str, Any], bool, str | None]:
         endpoint, request, webhook_url, priority, metadata = _validate_create(body)
         if webhook_url is not None:
             await self._check_webhook(webhook_url)
@@ -201,21 +270,41 @@ class JobService:
             endpoint=endpoint,
             model=request["model"],
             priority=priority,
-            request=json.dumps(request, separators=(",", ":")),
-            metadata=json.dumps(metadata) if metadata is not None else None,
+            request=_COMPACT.encode(request),
+            metadata=metadata,
             webhook_url=webhook_url,
             created_at=now,
             idempotency_key=idempotency_key,
             request_hash=sql.request_hash(body),
             base_url=request_base,
         )
-        row, created, event = await self.store.write(
-            lambda c: sql.insert_job(c, new, self.render_for_event)
-        )
+        stored: list[dict[str, Any]] = []  # the job object its event was rendered from
+
+        def render_once(row: JobRow, seq: int) -> dict[str, Any]:
+            job = self.render_for_event(row, seq)
+            stored.append(job)
+            return job
+
+        row, created, event = await self.store.write(lambda c: sql.insert_job(c, new, render_once))
         if created:
             self.queue.add_job(row.id, row.model, row.priority, row.created_at, None)
             self._published(row, event)
-        return self.render(row), created
+            if stored and event is not None:  # (rendered again if its batch ran again)
+                return self._queued_answer(row, stored[-1], event.data)
+        return self.render(row), created, None
+
+    def _queued_answer(
+        self, row: JobRow, event_body: dict[str, Any], event_json: str
+    ) -> tuple[dict[str, Any], bool, str | None]:
+        """``render(row)`` of a job just queued, from the object its event was rendered
+        from: the same fields but its place and estimate, and no ``seq``; and its JSON,
+        from the event's."""
+        body = dict(event_body)
+        del body["seq"]
+        body["position"] = position = self.queue.position(row.id, self.resident())
+        body["eta"] = eta = self.eta_of(row.id, position)
+        text = queued_json(event_json, _COMPACT.encode(position), _COMPACT.encode(eta))
+        return body, True, text
 
     def render_for_event(self, row: JobRow, seq: int) -> dict[str, Any]:
         """The job object stored with an event; runs on the store thread (no scheduler)."""
@@ -237,20 +326,7 @@ class JobService:
         if event is None:
             return
         self._metrics.transition(row.state)
-        error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
-        # the one line per state change; one with an error (failed, or queued
-        # again after a failed attempt) is a warning
-        emit = _transitions.warn if row.error_code else _transitions.info
-        emit(
-            "job {job_id} {state} model={model} attempts={attempts}{error_text}",
-            job_id=row.id,
-            state=row.state,
-            model=row.model,
-            attempts=row.attempts,
-            endpoint=row.endpoint,
-            error_code=row.error_code,
-            error_text=error,
-        )
+        _log_transition(row)
         self.hub.publish(row.id, event)
         if row.webhook_url:
             for poke in self.outbox_listeners:

@@ -3,8 +3,13 @@
 Writes go through a group committer: every write submitted while a
 transaction is running joins the next one, so N concurrent job creations
 cost one ``fsync`` (``synchronous=FULL``) instead of N, while each caller's
-Deferred still fires only after *its* write is committed. Each write runs in
-its own SAVEPOINT, so one failing write rolls back alone.
+Deferred still fires only after *its* write is committed. One failing write
+rolls back alone: a batch in which a write raised is rolled back and runs
+again with each write in its own SAVEPOINT (``_run_batch``), so a write may
+run twice, the first time in a transaction that never commits; whatever it
+does besides its SQL must be harmless to repeat. The next transaction is
+handed to the database thread as soon as one commits, before that one's
+callers run, so their work in the reactor overlaps the next commit.
 
 Reads run on a second connection in its own thread (WAL lets a reader work
 while a writer commits), so ``GET /jobs`` and ``/healthz`` never wait behind
@@ -175,6 +180,11 @@ class Store:
 
         def done(results: list[tuple[bool, Any]]) -> None:
             self._flushing = False
+            # The writes that queued up meanwhile go to the database thread
+            # before this batch's callers run: their commit (and its fsync)
+            # overlaps with the reactor's work on the answers.
+            if self._pending:
+                self._flush()
             if self.commit_observer is not None:
                 self.commit_observer(time.monotonic() - started, len(batch))
             trouble = [v for ok, v in results if not ok and _is_trouble(v)]
@@ -190,6 +200,8 @@ class Store:
         def failed(reason: Failure) -> None:
             # The COMMIT itself failed (disk full, I/O error): nobody's write stuck.
             self._flushing = False
+            if self._pending:
+                self._flush()
             self._set_problem(reason)
             _log.failure("group commit failed", reason)
             for pending in batch:
@@ -214,24 +226,60 @@ def _describe(failure: Failure) -> str:
     return f"{type(failure.value).__name__}: {failure.value}"
 
 
+class _Failed(Exception):
+    """A write of the batch raised: the batch runs again, each write in a savepoint."""
+
+
 def _run_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
-    results: list[tuple[bool, Any]] = []
+    """Run ``batch`` in one transaction; (ok, value or Failure) per write.
+
+    Writes rarely fail, so the batch first runs without a savepoint per write
+    (two statements fewer each, and two fewer waits for the GIL on the
+    database thread). If one raises, that transaction is rolled back and the
+    batch runs again with each write in its own SAVEPOINT, so the failing
+    one rolls back alone and the others commit once.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for pending in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                value = pending.op(conn)
-            except Exception:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                results.append((False, Failure()))
-            else:
-                conn.execute("RELEASE op")
-                results.append((True, value))
+        try:
+            results = _run_plain(conn, batch)
+        except _Failed:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            results = _run_isolated(conn, batch)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return results
+
+
+def _run_plain(conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    results: list[tuple[bool, Any]] = []
+    for pending in batch:
+        try:
+            value = pending.op(conn)
+        except Exception as e:
+            raise _Failed() from e
+        if not conn.in_transaction:  # SQLite gave the transaction up (a caught error)
+            raise sqlite3.OperationalError("the group-commit transaction was rolled back")
+        results.append((True, value))
+    return results
+
+
+def _run_isolated(conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    results: list[tuple[bool, Any]] = []
+    for pending in batch:
+        conn.execute("SAVEPOINT op")
+        try:
+            value = pending.op(conn)
+        except Exception:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            results.append((False, Failure()))
+        else:
+            conn.execute("RELEASE op")
+            results.append((True, value))
     return results

@@ -48,6 +48,10 @@ _TERMINAL_STATES = tuple(sorted(s.value for s in TERMINAL))
 _UNFINISHED_BATCH = tuple(sorted(s.value for s in BatchStatus if s not in BATCH_TERMINAL))
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def _marks(values: Sequence[object]) -> str:
     """``?,?,…`` placeholders for an ``IN (…)`` list of ``values``."""
     return ",".join("?" * len(values))
@@ -102,9 +106,39 @@ def insert_job(
             job.line,
         ),
     )
-    row = get_job(conn, job.id)
-    assert row is not None
-    event = _record_event(conn, row, "job.queued", job.created_at, render)
+    # The row is what was just written (the columns not named take their
+    # defaults: no attempts, no tokens, the rest NULL); read back it would be
+    # the same values, so it is built here instead of re-read.
+    row = JobRow(
+        job.id,
+        _QUEUED,
+        job.endpoint,
+        job.model,
+        job.priority,
+        job.request,
+        job.metadata,
+        job.webhook_url,
+        0,
+        None,
+        None,
+        job.created_at,
+        None,
+        None,
+        None,
+        None,
+        0,
+        None,
+        None,
+        job.idempotency_key,
+        job.base_url,
+        job.batch_id,
+        job.custom_id,
+        job.line,
+        None,
+    )
+    # A job's first event is seq 1: the id was just inserted, so no event
+    # names it (``job_events`` rows go with their job, ON DELETE CASCADE).
+    event = _record_event(conn, row, "job.queued", job.created_at, render, seq=1)
     return row, True, event
 
 
@@ -152,13 +186,20 @@ def change_state(
 
 
 def _record_event(
-    conn: sqlite3.Connection, row: JobRow, event_type: str, at: float, render: Any
+    conn: sqlite3.Connection,
+    row: JobRow,
+    event_type: str,
+    at: float,
+    render: Any,
+    seq: int | None = None,
 ) -> Event:
-    seq_row = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 FROM job_events WHERE job_id = ?", (row.id,)
-    ).fetchone()
-    seq = int(seq_row[0])
-    data = json.dumps(render(row, seq), separators=(",", ":"))
+    """Append the job's next event (``seq``: its number when the caller knows it)."""
+    if seq is None:
+        seq_row = conn.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM job_events WHERE job_id = ?", (row.id,)
+        ).fetchone()
+        seq = int(seq_row[0])
+    data = _COMPACT.encode(render(row, seq))
     conn.execute(
         "INSERT INTO job_events (job_id, seq, type, at, data) VALUES (?, ?, ?, ?, ?)",
         (row.id, seq, event_type, at, data),

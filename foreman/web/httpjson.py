@@ -13,16 +13,28 @@ __all__ = [
     "int_arg",
     "json_error",
     "json_response",
+    "json_text_response",
     "read_json",
     "seconds_arg",
     "text_arg",
 ]
 
 
+#: ``json.dumps(body, separators=(",", ":"))`` without building an encoder per call
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def json_response(request: Any, body: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _COMPACT.encode(body).encode()
+
+
+def json_text_response(request: Any, text: str, status: int = 200) -> bytes:
+    """``json_response`` for a body already encoded (compact JSON text)."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return text.encode()
 
 
 def json_error(request: Any, status: int, code: str, message: str) -> bytes:
@@ -45,7 +57,9 @@ def read_json(request: Any) -> Any:
         raise BadRequest(f"request body is not valid JSON: {e}", "malformed_json") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply", "malformed_json") from None
-    if b"\\ud" in raw.lower():  # an escaped surrogate: is each one half of a pair?
+    # an escaped surrogate (JSON spells the escape \uD800 or \ud800, never \U):
+    # is each one half of a pair?
+    if b"\\ud" in raw or b"\\uD" in raw:
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

@@ -24,6 +24,7 @@ from foreman.web.httpjson import (
     int_arg,
     json_error,
     json_response,
+    json_text_response,
     read_json,
     seconds_arg,
     text_arg,
@@ -39,10 +40,29 @@ _MAX_WAIT = 300.0
 _MAX_LIMIT = 1000
 
 
+#: ``trusted.trusts(peer)`` per peer address, for the last ``TrustedProxies`` asked
+#: (parsing the address costs more than the rest of ``request_base_url``)
+_trust: tuple[TrustedProxies | None, dict[str | None, bool]] = (None, {})
+_TRUST_KEPT = 1024
+
+
+def _trusts(trusted: TrustedProxies, peer: str | None) -> bool:
+    global _trust
+    if _trust[0] is not trusted:
+        _trust = (trusted, {})
+    known = _trust[1]
+    found = known.get(peer)
+    if found is None:
+        if len(known) >= _TRUST_KEPT:
+            known.clear()
+        found = known[peer] = trusted.trusts(peer)
+    return found
+
+
 def request_base_url(request: Any, trusted: TrustedProxies) -> str:
     """The URL clients used to reach foreman; a trusted proxy's forwarded headers win."""
     proto = host = None
-    if trusted.trusts(getattr(request.getClientAddress(), "host", None)):
+    if _trusts(trusted, getattr(request.getClientAddress(), "host", None)):
         proto = request.getHeader(b"x-forwarded-proto")
         host = request.getHeader(b"x-forwarded-host")
     host = host or request.getHeader(b"host")
@@ -75,7 +95,7 @@ def register(app: Klein, daemon: DaemonView) -> None:
                 )
         try:
             base = request_base_url(request, daemon.trusted_proxies)
-            job, created = await jobs.create(body, key, base)
+            job, created, text = await jobs.create_json(body, key, base)
         except IdempotencyConflict as e:
             return json_error(
                 request,
@@ -84,7 +104,7 @@ def register(app: Klein, daemon: DaemonView) -> None:
                 f"Idempotency-Key was used for job {e.job_id} with a different body",
             )
         request.setHeader(b"location", f"/jobs/{job['id']}".encode())
-        return json_response(request, job, 202 if created else 200)
+        return json_text_response(request, text, 202 if created else 200)
 
     @app.route("/jobs", methods=["GET"])
     async def list_jobs(request: Any) -> bytes:
