@@ -53,6 +53,19 @@ PIPELINE_LIMIT = 256 * 1024  # bytes read ahead of the request being served befo
 _NO_BODY = frozenset({204, 304})
 
 
+_SPELLING: dict[bytes, bytes] = {b"www-authenticate": b"WWW-Authenticate", b"etag": b"ETag"}
+
+
+def _canonical(lowered: bytes) -> bytes:
+    """``Content-Type`` for ``content-type``: the spelling twisted.web writes, kept per name."""
+    spelled = _SPELLING.get(lowered)
+    if spelled is None:
+        spelled = b"-".join(part.capitalize() for part in lowered.split(b"-"))
+        if len(_SPELLING) < 1024:  # names come from the target too: a bounded memo
+            _SPELLING[lowered] = spelled
+    return spelled
+
+
 class ResponseHeaders:
     """Response headers in the order set; the ``Headers`` methods the relay uses."""
 
@@ -64,7 +77,7 @@ class ResponseHeaders:
 
     def setRawHeaders(self, name: bytes, values: list[bytes]) -> None:
         lowered = name.lower()
-        self._names[lowered] = name
+        self._names[lowered] = _canonical(lowered)
         self._values[lowered] = list(values)
 
     def addRawHeader(self, name: bytes, value: bytes) -> None:

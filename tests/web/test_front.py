@@ -48,6 +48,8 @@ def test_a_relayed_request_is_served_lean(site: Harness) -> None:
     assert reply.header(b"date") is not None and reply.header(b"content-length") == b"5"
     assert conn.protocol.web is None
     assert served_by(site) == ["lean"] and site.statuses == [200]
+    # header names are spelled as twisted.web spells them, whatever the resource wrote
+    assert b"\r\nContent-Type: text/plain\r\n" in conn.transport.value()
     request = site.reports[0][0]
     assert request.route_class == "inference" and request.started > 0
 
