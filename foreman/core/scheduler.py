@@ -286,6 +286,11 @@ class Scheduler:
         if entry is None:
             return None
         item = entry[0]
+        if len(self._count) == 1 and len(self._count[item.priority]) == 1:
+            # one priority, one model (a queue of one model's jobs): whatever is
+            # resident, the picks take its items oldest first
+            found: int = self._ages(item.priority, item.model).index(item.age)
+            return found
         names = self._resident(resident)
         turn_model, turn_start = self._effective_turn(now, names)
         state = _PlanState(names, None if turn_model is None else self._c(turn_model), turn_start)
