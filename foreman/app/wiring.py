@@ -29,6 +29,7 @@ from foreman.store.database import Store
 from foreman.target.monitor import TargetMonitor
 from foreman.target.upstream import build_upstream
 from foreman.target.wol import send_magic_packet
+from foreman.web import job_routes
 from foreman.web.auth import TokenCheck
 from foreman.web.proxy import ProxyResource
 from foreman.web.routes import build_app
@@ -179,6 +180,7 @@ def build_site(parts: Parts, view: DaemonView) -> ForemanSite:
         reactor=parts.reactor,
     )
     site.report = request_line(parts.metrics, parts.reactor)
+    site.lean_routes.update(job_routes.lean_routes(view))
 
     def upload(request: Any, length: int | None) -> Upload:
         return Upload(

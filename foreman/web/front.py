@@ -31,6 +31,7 @@ import io
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -140,6 +141,15 @@ class LeanRequest:
     def getHeader(self, name: bytes) -> bytes | None:
         values = self.requestHeaders.getRawHeaders(name)
         return values[-1] if values else None
+
+    def getClientAddress(self) -> Any:
+        return self.channel.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> Any:
+        return self.channel.transport.getHost()  # type: ignore[union-attr]
+
+    def isSecure(self) -> bool:
+        return ISSLTransport.providedBy(self.channel.transport)
 
     def notifyFinish(self) -> Deferred[None]:
         """Fires when the response is finished; fails if the client leaves first."""

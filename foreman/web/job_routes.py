@@ -32,7 +32,7 @@ from foreman.web.httpjson import (
 from foreman.web.sse import stream_job_events
 from foreman.web.view import DaemonView
 
-__all__ = ["register"]
+__all__ = ["create_job", "lean_routes", "register"]
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
 _STATES = frozenset(s.value for s in JobState)
@@ -79,32 +79,50 @@ def _not_found(request: Any, job_id: str) -> bytes:
     return json_error(request, 404, "job_not_found", f"no job {job_id!r}")
 
 
+async def create_job(daemon: DaemonView, request: Any) -> bytes:
+    """``POST /jobs``: the Klein route, and the front protocol's lean path (ADR 0020)."""
+    body = read_json(request)
+    key_header = request.getHeader(b"idempotency-key")
+    key = None
+    if key_header is not None:
+        key = key_header.decode("latin-1")
+        if not IDEMPOTENCY_KEY.match(key):
+            raise BadRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters", "invalid_header"
+            )
+    try:
+        base = request_base_url(request, daemon.trusted_proxies)
+        job, created, text = await daemon.jobs.create_json(body, key, base)
+    except IdempotencyConflict as e:
+        return json_error(
+            request,
+            409,
+            "idempotency_conflict",
+            f"Idempotency-Key was used for job {e.job_id} with a different body",
+        )
+    request.setHeader(b"location", f"/jobs/{job['id']}".encode())
+    return json_text_response(request, text, 202 if created else 200)
+
+
+def lean_routes(daemon: DaemonView) -> dict[tuple[bytes, bytes], Any]:
+    """The own routes the front protocol may serve without twisted.web and Klein.
+
+    Only ``POST /jobs``: it is the one a client calls at a rate (a batch
+    submitted job by job), and it needs nothing of Klein but the handler.
+    """
+
+    def create(request: Any) -> Deferred[bytes]:
+        return Deferred.fromCoroutine(create_job(daemon, request))
+
+    return {(b"POST", b"/jobs"): create}
+
+
 def register(app: Klein, daemon: DaemonView) -> None:
     jobs = daemon.jobs
 
     @app.route("/jobs", methods=["POST"])
     async def create(request: Any) -> bytes:
-        body = read_json(request)
-        key_header = request.getHeader(b"idempotency-key")
-        key = None
-        if key_header is not None:
-            key = key_header.decode("latin-1")
-            if not IDEMPOTENCY_KEY.match(key):
-                raise BadRequest(
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters", "invalid_header"
-                )
-        try:
-            base = request_base_url(request, daemon.trusted_proxies)
-            job, created, text = await jobs.create_json(body, key, base)
-        except IdempotencyConflict as e:
-            return json_error(
-                request,
-                409,
-                "idempotency_conflict",
-                f"Idempotency-Key was used for job {e.job_id} with a different body",
-            )
-        request.setHeader(b"location", f"/jobs/{job['id']}".encode())
-        return json_text_response(request, text, 202 if created else 200)
+        return await create_job(daemon, request)
 
     @app.route("/jobs", methods=["GET"])
     async def list_jobs(request: Any) -> bytes:

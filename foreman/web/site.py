@@ -30,6 +30,7 @@ from foreman.web import datecache
 from foreman.web.auth import TokenCheck
 from foreman.web.errorbody import Family, error_body, family_of, own_route
 from foreman.web.front import LEAN_BODY_LIMIT, FrontChannel, LeanRequest
+from foreman.web.httpjson import BadRequest, json_error
 from foreman.web.upload import Upload, UploadTooLarge
 
 __all__ = ["ErrorResource", "ForemanRequest", "ForemanSite"]
@@ -276,6 +277,23 @@ class ErrorResource(Resource):
         return error_body(family_of(request.path), self.status, self.code, self.message)
 
 
+def _lean_answer(body: Any, request: LeanRequest) -> None:
+    """What a lean handler returned (bytes; NOT_DONE_YET means it answers itself)."""
+    if isinstance(body, bytes) and not request.finished and not request._disconnected:
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+def _lean_failed(failure: Failure, request: LeanRequest) -> None:
+    """A lean handler's error: a 4xx it meant (``BadRequest``), else the 500 path."""
+    if failure.check(BadRequest):
+        error: BadRequest = failure.value  # type: ignore[assignment]
+        _lean_answer(json_error(request, error.status, error.code, str(error)), request)
+        return
+    answer_failure(request, failure, request._disconnected)
+
+
 _UNAUTHORIZED = ErrorResource(
     401,
     "unauthorized",
@@ -308,6 +326,9 @@ class ForemanSite(Site):
         self.max_body = max_body
         self.report: Callable[[Any, int], None] | None = None
         self._lean_body = min(max_body, LEAN_BODY_LIMIT)
+        #: own routes the front protocol serves itself: (method, path) -> handler(request),
+        #: which returns bytes or a Deferred of them, or raises BadRequest
+        self.lean_routes: dict[tuple[bytes, bytes], Callable[[Any], Any]] = {}
         #: (request, declared length) -> Upload for ``POST /v1/files``; None: no uploads
         self.uploads: Callable[[Any, int | None], Upload] | None = None
 
@@ -346,8 +367,11 @@ class ForemanSite(Site):
         return channel
 
     def lean_route(self, head: RequestHead) -> bool:
-        """Whether the front protocol serves this request itself (the proxy's plain ones)."""
-        return head.content_length <= self._lean_body and not own_route(head.path)
+        """Whether the front protocol serves this request itself: the proxy's plain ones,
+        and the own routes in ``lean_routes``."""
+        if head.content_length > self._lean_body:
+            return False
+        return not own_route(head.path) or (head.method, head.path) in self.lean_routes
 
     def deadline_for(self, part: str) -> float:
         return HEAD_DEADLINE if part == "head" else BODY_DEADLINE
@@ -355,20 +379,25 @@ class ForemanSite(Site):
     def serve_lean(self, request: LeanRequest) -> None:
         """``getResourceFor`` and ``Request.render`` for a request the front protocol read."""
         path = request.path
-        request.route_class = classify(request.method, path).value
+        handler = self.lean_routes.get((request.method, path))
+        request.route_class = (
+            "foreman" if handler is not None else classify(request.method, path).value
+        )
         if not self.tokens.allows(request.method, path, request.getHeader(b"authorization")):
-            resource: Any = _UNAUTHORIZED
-        else:
-            resource = self.proxy
+            handler = _UNAUTHORIZED.render
+        elif handler is None:
+            handler = self.proxy.render  # type: ignore[attr-defined]
         try:
-            body = resource.render(request)
+            body = handler(request)
         except Exception:
-            answer_failure(request, Failure(), request._disconnected)
+            _lean_failed(Failure(), request)
             return
-        if isinstance(body, bytes):
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+        if isinstance(body, Deferred):
+            body.addCallbacks(
+                _lean_answer, _lean_failed, callbackArgs=(request,), errbackArgs=(request,)
+            )
+        elif isinstance(body, bytes):
+            _lean_answer(body, request)
 
     def report_lean(self, request: LeanRequest, status: int) -> None:
         if self.report is not None:

@@ -319,3 +319,47 @@ def test_parse_head_leaves_anything_unusual_to_twisted_web(head: bytes) -> None:
 )
 def test_load_seconds_is_read_from_the_final_line_only(chunk: bytes, seconds: float | None) -> None:
     assert _load_seconds(chunk) == seconds
+
+
+# -- own routes the front protocol serves itself (``site.lean_routes``: POST /jobs)
+
+
+def test_an_own_lean_route_answers_bytes_deferreds_and_bad_requests() -> None:
+    from twisted.internet.defer import Deferred
+
+    from foreman.web.httpjson import BadRequest
+    from tests.web.test_site import TOKEN
+
+    harness = make_site(tokens=(TOKEN,))
+    later: list[Deferred[bytes]] = []
+
+    def create(request: Any) -> Any:
+        body = request.content.read()
+        if body == b"bad":
+            raise BadRequest("that is not a job", "invalid_job")
+        if body == b"later":
+            d: Deferred[bytes] = Deferred()
+            later.append(d)
+            return d
+        request.setResponseCode(202)
+        request.setHeader(b"location", b"/jobs/j1")
+        return b'{"id": "j1"}'
+
+    harness.site.lean_routes[(b"POST", b"/jobs")] = create
+    conn = harness.connect()
+    conn.send(raw_request("POST", "/jobs", b"{}", token=TOKEN))
+    conn.send(raw_request("POST", "/jobs", b"bad", token=TOKEN))
+    conn.send(raw_request("POST", "/jobs", b"later", token=TOKEN))
+    later[0].callback(b'{"id": "j2"}')
+    conn.send(raw_request("POST", "/jobs", b"{}"))  # no token
+    ok, bad, deferred, refused = conn.replies("POST", "POST", "POST", "POST")
+    assert (ok.status, ok.header(b"location"), ok.body) == (202, b"/jobs/j1", b'{"id": "j1"}')
+    assert bad.status == 400 and bad.json()["error"]["code"] == "invalid_job"
+    assert deferred.status == 200 and deferred.body == b'{"id": "j2"}'
+    assert refused.status == 401 and refused.header(b"www-authenticate") is not None
+    assert conn.protocol.web is None and served_by(harness) == ["lean"] * 4
+    assert [r.route_class for r, _ in harness.reports] == ["foreman"] * 4
+    assert harness.own.seen == []  # Klein never saw them
+    # the same path with another method is still Klein's
+    conn.send(raw_request("GET", "/jobs", token=TOKEN))
+    assert conn.protocol.web is not None and harness.own.seen[0].path == b"/jobs"
