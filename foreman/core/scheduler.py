@@ -468,43 +468,49 @@ class Scheduler:
         """
         models = self._count[p]
         ages = {m: self._ages(p, m) for m in models}
+        sizes = {m: len(a) for m, a in ages.items()}
+        canon = {m: self._c(m) for m in models}
+        costs = {m: self._cost(m) for m in models}
         start = dict.fromkeys(models, 0)
+        # each model's next age (ages[m][start[m]]): indexing a SortedList is not free
+        head = {m: a[0] for m, a in ages.items()}
         groups: list[_Group] = []
         while True:
-            left = [m for m in models if start[m] < len(ages[m])]
+            left = [m for m in models if start[m] < sizes[m]]
             if not left:
                 return groups
             if state.turn_model not in state.resident:
                 state.turn_model, state.turn_start = None, now
-            resident = [m for m in left if self._c(m) in state.resident]
-            others = [m for m in left if self._c(m) not in state.resident]
+            here = state.resident
+            resident = [m for m in left if canon[m] in here]
+            others = [m for m in left if canon[m] not in here]
             load = None
             if others:
-                oldest = min(ages[m][start[m]] for m in others)
-                load = min(
-                    others,
-                    key=lambda m: (ages[m][start[m]][0], self._cost(m), *ages[m][start[m]][1:]),
-                )
+                oldest = min(head[m] for m in others)
+                load = min(others, key=lambda m: (head[m][0], costs[m], *head[m][1:]))
             if resident:
                 if load is None:
-                    ends = {m: len(ages[m]) for m in resident}
+                    ends = sizes
+                elif now - max(oldest[0], state.turn_start) > self._max_wait:
+                    ends = {m: max(start[m], ages[m].bisect_left(oldest)) for m in resident}
                 else:
-                    if now - max(oldest[0], state.turn_start) > self._max_wait:
-                        ends = {m: max(start[m], ages[m].bisect_left(oldest)) for m in resident}
-                    else:
-                        ends = {m: len(ages[m]) for m in resident}
+                    ends = sizes
                 group = [(m, start[m], ends[m]) for m in resident if ends[m] > start[m]]
                 if group:
                     groups.append(group)
                     self._drained(p, group, state, now)
                     for m, _, end in group:
                         start[m] = end
+                        if end < sizes[m]:
+                            head[m] = ages[m][end]
                     continue
             assert load is not None
             groups.append([(load, start[load], start[load] + 1)])
             start[load] += 1
-            state.resident = after_pick(state.resident, self._c(load), cap)
-            state.turn_model, state.turn_start = self._c(load), now
+            if start[load] < sizes[load]:
+                head[load] = ages[load][start[load]]
+            state.resident = after_pick(state.resident, canon[load], cap)
+            state.turn_model, state.turn_start = canon[load], now
 
     def _drained(self, p: int, group: _Group, state: _PlanState, now: float) -> None:
         """Advance ``state`` past a group of resident work picked oldest first."""
