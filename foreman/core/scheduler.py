@@ -105,6 +105,8 @@ def after_pick(resident: tuple[str, ...], model: str, cap: int) -> tuple[str, ..
 
 
 _COMPACT_SLACK = 16
+#: orders up to this long are simulated pick by pick; longer ones are read off the plan
+_PICKED_ORDER = 32
 
 
 class Scheduler:
@@ -253,12 +255,16 @@ class Scheduler:
 
         Each pick is assumed to leave its model resident (most recently used
         first; a load beyond ``capacity`` pushes out the least recently used).
-        O(k log n) for the first ``k`` (``limit``). Implemented by picking and
-        putting the items back, so the result is by construction what
-        :meth:`pick` would do; the observable state is unchanged afterwards.
+        A short order (``limit`` up to ``_PICKED_ORDER``) is made by picking and
+        putting the items back, so it is by construction what :meth:`pick`
+        would do, O(k log n); a longer one is read off the plan that
+        :meth:`position` uses (the property tests hold both to a reference).
+        The observable state is unchanged afterwards.
         """
         if limit is not None and limit <= 0:
             return []
+        if limit is None or limit > _PICKED_ORDER:
+            return self._planned_order(now, resident, limit)
         current = self._resident(resident)
         cap = self._cap(current)
         saved = (self._turn_model, self._turn_start)
@@ -275,6 +281,26 @@ class Scheduler:
                 self.add(item)
             self._turn_model, self._turn_start = saved
         return taken
+
+    def _planned_order(self, now: float, resident: Resident, limit: int | None) -> list[Waiting]:
+        """:meth:`order` read off the plan ``position`` uses: each priority's groups in
+        turn, a group's items merged oldest first. A long order (the estimates plan
+        the first thousand) costs no pick and put-back per item this way."""
+        names = self._resident(resident)
+        turn_model, turn_start = self._effective_turn(now, names)
+        state = _PlanState(names, None if turn_model is None else self._c(turn_model), turn_start)
+        cap = self._cap(names)
+        live = self._live
+        out: list[Waiting] = []
+        for p in sorted(self._count, reverse=True):
+            for group in self._plan(p, state, now, cap):
+                slices = [self._ages(p, m)[start:end] for m, start, end in group]
+                ages = slices[0] if len(slices) == 1 else heapq.merge(*slices)
+                for age in ages:
+                    out.append(live[age[2]][0])
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
 
     def position(self, key: str, now: float, resident: Resident) -> int | None:
         """0-based place of ``key`` in :meth:`order` (None if not waiting).
