@@ -90,10 +90,17 @@ class ConnectionHooks(Protocol):
         """Send ``exchange`` again on a fresh connection."""
 
 
+_TCP_TYPES: dict[type, bool] = {}  # transport class -> is a reactor TCP connection
+
+
 def _plain_tcp(transport: Any) -> bool:
     """A TCP connection of the reactor's own, without TLS (a TLS wrapper forwards
     attribute lookups to the TCP transport under it, so duck typing is not enough)."""
-    return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
+    kind = type(transport)
+    tcp_type = _TCP_TYPES.get(kind)
+    if tcp_type is None:  # isinstance against the class tree is slow: once per class
+        tcp_type = _TCP_TYPES[kind] = issubclass(kind, tcp.Connection)
+    return tcp_type and not getattr(transport, "TLS", False)
 
 
 def send_now(transport: Any) -> None:
