@@ -42,7 +42,7 @@ from foreman.target.wire import send_now, write_now
 from foreman.web import datecache
 from foreman.web.errorbody import Family, error_body
 
-__all__ = ["FrontChannel", "LeanRequest", "ResponseHeaders"]
+__all__ = ["FrontChannel", "LeanRequest", "ResponseHeaders", "too_slow_answer"]
 
 _log = Logger()
 
@@ -65,6 +65,20 @@ def _canonical(lowered: bytes) -> bytes:
         if len(_SPELLING) < 1024:  # names come from the target too: a bounded memo
             _SPELLING[lowered] = spelled
     return spelled
+
+
+def too_slow_answer(part: str, seconds: float) -> bytes:
+    """The whole 408 response for a request whose ``part`` (head, body) came too slowly."""
+    body = error_body(
+        Family.FOREMAN,
+        408,
+        "request_timeout",
+        f"the request's {part} did not arrive within {seconds:g} s",
+    )
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 class ResponseHeaders:
@@ -401,17 +415,8 @@ class FrontChannel(Protocol):
 
     def _too_slow(self, part: str, seconds: float) -> None:
         self._deadline = None
-        body = error_body(
-            Family.FOREMAN,
-            408,
-            "request_timeout",
-            f"the request's {part} did not arrive within {seconds:g} s",
-        )
         transport: Any = self.transport
-        transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        transport.write(too_slow_answer(part, seconds))
         self.cut()
 
     def _idle_check(self) -> None:

@@ -28,8 +28,8 @@ from foreman.core.routeclass import classify
 from foreman.store.database import StoreClosed
 from foreman.web import datecache
 from foreman.web.auth import TokenCheck
-from foreman.web.errorbody import Family, error_body, family_of, own_route
-from foreman.web.front import LEAN_BODY_LIMIT, FrontChannel, LeanRequest
+from foreman.web.errorbody import error_body, family_of, own_route
+from foreman.web.front import LEAN_BODY_LIMIT, FrontChannel, LeanRequest, too_slow_answer
 from foreman.web.httpjson import BadRequest, json_error
 from foreman.web.upload import Upload, UploadTooLarge
 
@@ -85,18 +85,8 @@ class _NoDelayChannel(HTTPChannel):
 
     def _too_slow(self, part: str, seconds: float) -> None:
         self._deadline = None
-        body = error_body(
-            Family.FOREMAN,
-            408,
-            "request_timeout",
-            f"the request's {part} did not arrive within {seconds:g} s",
-        )
-        head = (
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
-        )
         transport: Any = self.transport
-        transport.write(head + body)
+        transport.write(too_slow_answer(part, seconds))
         transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
