@@ -373,6 +373,7 @@ class FrontChannel(Protocol):
                 return False
             self._head = head
             buffer = self._buffer = buffer[end + 4 :]
+            self._stop_deadline()  # the head came in time; the body has its own
         length = head.content_length
         if len(buffer) < length:
             self._expect("body")
@@ -382,9 +383,7 @@ class FrontChannel(Protocol):
             body, self._buffer = buffer[:length], buffer[length:]
         else:
             body = b""
-        deadline, self._deadline = self._deadline, None
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        self._stop_deadline()
         request = LeanRequest(self, head, body, self._reactor.seconds())
         self._current = request
         self.site.serve_lean(request)
@@ -412,6 +411,11 @@ class FrontChannel(Protocol):
             return  # armed when this part began; it does not restart with every byte
         seconds = self.site.deadline_for(part)
         self._deadline = self._reactor.callLater(seconds, self._too_slow, part, seconds)
+
+    def _stop_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
 
     def _too_slow(self, part: str, seconds: float) -> None:
         self._deadline = None

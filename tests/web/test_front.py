@@ -363,3 +363,19 @@ def test_an_own_lean_route_answers_bytes_deferreds_and_bad_requests() -> None:
     # the same path with another method is still Klein's
     conn.send(raw_request("GET", "/jobs", token=TOKEN))
     assert conn.protocol.web is not None and harness.own.seen[0].path == b"/jobs"
+
+
+def test_a_slow_head_then_a_slow_body_each_get_their_own_deadline(site: Harness) -> None:
+    from foreman.web.site import BODY_DEADLINE, HEAD_DEADLINE
+
+    conn = site.connect()
+    head = raw_request("POST", "/api/chat", b"x" * 100).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    conn.send(head[:10])  # the head begins: its deadline runs
+    site.clock.advance(HEAD_DEADLINE - 1)
+    conn.send(head[10:] + b"x" * 10)  # the head is in; the body begins
+    site.clock.advance(HEAD_DEADLINE)  # past the head's deadline, well inside the body's
+    assert conn.transport.value() == b"" and not conn.transport.disconnecting
+    site.clock.advance(BODY_DEADLINE - HEAD_DEADLINE + 1)
+    reply = conn.transport.value()
+    assert reply.startswith(b"HTTP/1.1 408") and b"body" in reply
+    assert conn.transport.disconnecting and site.proxy.seen == []
