@@ -93,15 +93,18 @@ class ResponseHeaders:
     def setRawHeaders(self, name: bytes, values: list[bytes]) -> None:
         lowered = name.lower()
         self._names[lowered] = _canonical(lowered)
-        self._values[lowered] = list(values)
+        # a line break in a value would split the response (twisted.web's Headers
+        # turns them into spaces too)
+        self._values[lowered] = [
+            v.replace(b"\r\n", b" ").replace(b"\r", b" ").replace(b"\n", b" ")
+            if b"\r" in v or b"\n" in v
+            else v
+            for v in values
+        ]
 
     def addRawHeader(self, name: bytes, value: bytes) -> None:
-        lowered = name.lower()
-        found = self._values.get(lowered)
-        if found is None:
-            self.setRawHeaders(name, [value])
-        else:
-            found.append(value)
+        found = self._values.get(name.lower())
+        self.setRawHeaders(name, [value] if found is None else [*found, value])
 
     def getRawHeaders(self, name: bytes, default: list[bytes] | None = None) -> list[bytes] | None:
         return self._values.get(name.lower(), default)

@@ -379,3 +379,16 @@ def test_a_slow_head_then_a_slow_body_each_get_their_own_deadline(site: Harness)
     reply = conn.transport.value()
     assert reply.startswith(b"HTTP/1.1 408") and b"body" in reply
     assert conn.transport.disconnecting and site.proxy.seen == []
+
+
+def test_a_line_break_in_a_header_value_cannot_split_the_response() -> None:
+    from foreman.web.front import ResponseHeaders
+
+    headers = ResponseHeaders()
+    headers.setRawHeaders(b"x-model", [b"m\r\nSet-Cookie: evil=1", b"ok"])
+    headers.addRawHeader(b"X-Model", b"two\nlines")
+    assert headers.lines() == [
+        b"X-Model: m Set-Cookie: evil=1\r\n",
+        b"X-Model: ok\r\n",
+        b"X-Model: two lines\r\n",
+    ]
