@@ -9,13 +9,12 @@ transitions are logged and counted by their one writer, ``JobService.apply``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import time as _time
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger, LogLevel
 
 from foreman.core.logtext import escape_for_log
-from foreman.ops.logs import LINE_KEY, TEXT_FIELD_LIMIT
+from foreman.ops.logs import TEXT_FIELD_LIMIT, emit_rendered
 from foreman.ops.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -27,15 +26,8 @@ _access = Logger(namespace="foreman.access")
 
 
 def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
-    """The per-request reporter: one access event, already rendered as its text line.
-
-    It runs for every request, so the line is built here with one f-string
-    (``LINE_KEY``) instead of a format string the log observers parse per
-    event, and the event goes straight to the logger's observer (``emit``
-    re-checks the level against every ``LogLevel`` first). The fields stay in
-    the event for the JSON format and any other observer.
-    """
-    observer = _access.observer
+    """The per-request reporter: one access event, its text line rendered here once
+    (``emit_rendered``), every outside value in it escaped."""
     info = LogLevel.info
 
     def report(request: Any, status: int) -> None:
@@ -58,27 +50,19 @@ def request_line(metrics: Metrics, clock: Any) -> Callable[[Any, int], None]:
             f"{escape_for_log(method, TEXT_FIELD_LIMIT)} {escape_for_log(path, TEXT_FIELD_LIMIT)}"
             f" {status} {duration:.1f}ms {route}{model_text}{wait_text}"
         )
-        observer(
-            {
-                "log_logger": _access,
-                "log_level": info,
-                "log_namespace": "foreman.access",
-                "log_source": None,
-                "log_format": _ACCESS_FORMAT,
-                "log_time": _time(),
-                LINE_KEY: line,
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": duration,
-                "route": route,
-                "model": model,
-                "model_text": model_text,
-                "queue_wait_ms": float(wait[0]) if wait else None,
-                "target_wait_ms": float(down[0]) if down else None,
-                "wait_text": wait_text,
-            }
-        )
+        fields = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration,
+            "route": route,
+            "model": model,
+            "model_text": model_text,
+            "queue_wait_ms": float(wait[0]) if wait else None,
+            "target_wait_ms": float(down[0]) if down else None,
+            "wait_text": wait_text,
+        }
+        emit_rendered(_access, info, _ACCESS_FORMAT, line, fields)
 
     return report
 

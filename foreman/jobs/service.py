@@ -10,7 +10,6 @@ listeners and wakes the webhook delivery: every transition, the same path.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,7 +25,7 @@ from foreman.core.routeclass import INFERENCE_ROUTES
 from foreman.core.scheduler import DEFAULT_JOB_PRIORITY
 from foreman.jobs.artifacts import ArtifactStore
 from foreman.jobs.hub import JobHub
-from foreman.ops.logs import LINE_KEY, TEXT_FIELD_LIMIT
+from foreman.ops.logs import TEXT_FIELD_LIMIT, emit_rendered
 from foreman.ops.metrics import Metrics
 from foreman.store import jobs as sql
 from foreman.store.database import Store
@@ -106,21 +105,14 @@ def _log_transition(row: JobRow) -> None:
     """The one line per state change; one with an error (failed, or queued again
     after a failed attempt) is a warning.
 
-    It is logged for every transition, so the event goes straight to the
-    logger's observer with its line already rendered by one f-string
-    (``LINE_KEY``), as the access line does. Only when no text field needs
+    It is logged for every transition, so its line is rendered here by one
+    f-string (``emit_rendered``), as the access line is. Only when no text field needs
     escaping, so the line is exactly what the observers would make of
     ``log_format``; otherwise (a model name with a control character, a long
     error message) they format it as before. The fields stay in the event.
     """
     error = f" {row.error_code}: {row.error_message}" if row.error_code else ""
-    event: dict[str, Any] = {
-        "log_logger": _transitions,
-        "log_level": LogLevel.warn if row.error_code else LogLevel.info,
-        "log_namespace": _transitions.namespace,
-        "log_source": None,
-        "log_format": _TRANSITION_FORMAT,
-        "log_time": time.time(),
+    fields: dict[str, Any] = {
         "job_id": row.id,
         "state": row.state,
         "model": row.model,
@@ -130,11 +122,11 @@ def _log_transition(row: JobRow) -> None:
         "error_text": error,
     }
     texts = (row.id, row.state, row.model, error)
+    line = None
     if all(escape_for_log(t, TEXT_FIELD_LIMIT) == t for t in texts):
-        event[LINE_KEY] = (
-            f"job {row.id} {row.state} model={row.model} attempts={row.attempts}{error}"
-        )
-    _transitions.observer(event)
+        line = f"job {row.id} {row.state} model={row.model} attempts={row.attempts}{error}"
+    level = LogLevel.warn if row.error_code else LogLevel.info
+    emit_rendered(_transitions, level, _TRANSITION_FORMAT, line, fields)
 
 
 class EtaOf(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import time
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -18,6 +19,7 @@ from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     eventAsText,
@@ -27,7 +29,7 @@ from zope.interface import implementer
 
 from foreman.core.logtext import escape_for_log
 
-__all__ = ["LINE_KEY", "TEXT_FIELD_LIMIT", "make_observer", "scrub"]
+__all__ = ["LINE_KEY", "TEXT_FIELD_LIMIT", "emit_rendered", "make_observer", "scrub"]
 
 _REDACTED = "[redacted]"
 TEXT_FIELD_LIMIT = 1024  # characters of one field in a text log line
@@ -35,6 +37,31 @@ TEXT_FIELD_LIMIT = 1024  # characters of one field in a text log line
 #: escaped (``escape_for_log``): the observers write it as it is instead of
 #: formatting ``log_format`` (the access line, once per request, does this).
 LINE_KEY = "log_foreman_line"
+
+
+def emit_rendered(
+    logger: Logger, level: LogLevel, fmt: str, line: str | None, fields: dict[str, Any]
+) -> None:
+    """Log ``fields`` as one event whose text is ``line``, rendered and escaped already.
+
+    For the lines written once per request or transition: the event goes
+    straight to the logger's observer (``Logger.emit`` re-checks the level
+    against every ``LogLevel`` first) and the observers write ``line`` as it
+    is (``LINE_KEY``) instead of parsing ``fmt``. ``fmt`` renders the same
+    words from the fields for any other observer; with ``line`` None (a value
+    that needs escaping) the observers format ``fmt`` as usual.
+    """
+    fields.update(
+        log_logger=logger,
+        log_level=level,
+        log_namespace=logger.namespace,
+        log_source=None,
+        log_format=fmt,
+        log_time=time.time(),
+    )
+    if line is not None:
+        fields[LINE_KEY] = line
+    logger.observer(fields)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
