@@ -459,7 +459,7 @@ class WireConnection(TwistedProtocol):
             if rest[n : n + 2] == b"\r\n":  # the whole chunk came: hand it on in one step
                 ex, response = self._ex, self._response
                 assert response is not None
-                response.data(rest[:n] if len(rest) > n + 2 else rest[:-2])
+                response.data(rest[:n])
                 if self._ex is not ex or self._halted:
                     return b""
                 return rest[n + 2 :]

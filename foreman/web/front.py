@@ -188,6 +188,10 @@ class LeanRequest:
     def setHeader(self, name: bytes, value: bytes) -> None:
         self.responseHeaders.setRawHeaders(name, [value])
 
+    def _bodyless(self) -> bool:
+        """The answer has no body whatever is written (HEAD, 1xx, 204, 304)."""
+        return self.method == b"HEAD" or self.code in _NO_BODY or self.code < 200
+
     def _head(self) -> list[bytes]:
         """The status line and headers, and how the body is framed."""
         self.startedWriting = True
@@ -197,7 +201,7 @@ class LeanRequest:
         parts = [b"HTTP/1.1 %d %s\r\n" % (code, phrase), *headers.lines()]
         if not headers.hasHeader(b"date"):
             parts.append(b"Date: %s\r\n" % datecache.now_text())
-        if self.method == b"HEAD" or code in _NO_BODY or code < 200:
+        if self._bodyless():
             self._no_body = True
         elif not headers.hasHeader(b"content-length"):
             self._chunked = True
@@ -237,9 +241,7 @@ class LeanRequest:
         transport = self.channel.transport
         assert transport is not None
         if not self.startedWriting:
-            if not self.responseHeaders.hasHeader(b"content-length") and not (
-                self.method == b"HEAD" or self.code in _NO_BODY or self.code < 200
-            ):
+            if not self.responseHeaders.hasHeader(b"content-length") and not self._bodyless():
                 self.responseHeaders.setRawHeaders(b"Content-Length", [b"0"])
             transport.writeSequence(self._head())
         elif self._chunked:
