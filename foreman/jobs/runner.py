@@ -326,9 +326,15 @@ class JobRunner:
             # the request leaves first; the two state writes follow while the
             # target works (their compare-and-set still aborts a cancelled job)
             generating = Deferred.fromCoroutine(self._generate(row, request))
-            now = self._clock.seconds()
-            self._write(attempt, jobstate.start_loading(job_id, now))
-            self._write(attempt, jobstate.start_working(job_id, now))
+            try:
+                now = self._clock.seconds()
+                self._write(attempt, jobstate.start_loading(job_id, now))
+                self._write(attempt, jobstate.start_working(job_id, now))
+            except BaseException:  # the call is out: it must not outlive the attempt
+                self.abort()
+                with contextlib.suppress(Exception):
+                    await generating
+                raise
             self.phase = "working"
             answer = await generating
         else:

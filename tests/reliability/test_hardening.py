@@ -314,6 +314,48 @@ async def test_a_fault_at_every_await_point_of_an_attempt_ends_in_a_state(tmp_pa
         await stack.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_fault_while_the_request_is_already_out_aborts_it_and_ends_in_a_state(
+    tmp_path: Path,
+) -> None:
+    """A resident job's request leaves before its state writes; a fault in starting those
+    writes ends the call (nothing orphaned at the target) and the attempt in a state."""
+    from foreman.core.backoff import Backoff
+    from foreman.testing import OllamaSimulator
+    from tests.harness import start_stack
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr("foreman.jobs.runner.RECORD_RETRY", Backoff.exponential(0.02, 0.1, 0.0))
+    monkey.setattr("foreman.core.jobstate.job_retry_delay", lambda n, rng=None: 0.0)
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.0)
+    stack = await start_stack(tmp_path, sim=sim, max_attempts=3)
+    try:
+        warm = await stack.submit(chat("llama3.2", "warm"))  # the model is resident after it
+        assert (await stack.wait_job(warm["id"]))["state"] == "done"
+        runner: Any = stack.daemon.runner
+        real_write, faults = runner._write, [1]
+
+        def write_once_broken(attempt: Any, transition: Any) -> Any:
+            if faults:
+                faults.pop()
+                raise Injected("injected while starting the state writes")
+            return real_write(attempt, transition)
+
+        monkey.setattr(runner, "_write", write_once_broken)
+        disconnects = len(sim.disconnects)
+        job = await stack.submit(chat("llama3.2", "after the fault", options={"num_predict": 40}))
+        final = await stack.wait_job(job["id"], timeout=20)
+        assert final["state"] == "done", final
+        assert final["result"]["message"]["content"] == reply_text(
+            "llama3.2", "after the fault", 40
+        )
+        assert len(sim.disconnects) == disconnects + 1  # the first call was cut, not left running
+        await until(lambda: stack.daemon.worker.state == "idle")
+    finally:
+        monkey.undo()
+        await stack.stop()
+
+
 def _one_chunk_then_silence(request: Request) -> int:
     """A streamed answer that starts, then never sends another byte."""
     request.setHeader(b"content-type", b"application/x-ndjson")
