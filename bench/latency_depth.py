@@ -108,6 +108,7 @@ def serve_gated(target: str, data_dir: str) -> None:
     from foreman.ops.logs import make_observer
     from foreman.store.database import open_sync
     from foreman.work.queue import WorkQueue
+    from foreman.work.worker import Worker
 
     def wait_for_interactive(self: WorkQueue) -> Deferred[None]:
         """``wait_for_work``, but jobs alone never wake the worker (re-armed on each wake)."""
@@ -127,6 +128,16 @@ def serve_gated(target: str, data_dir: str) -> None:
         return ready
 
     WorkQueue.wait_for_work = wait_for_interactive  # type: ignore[method-assign]
+    hand_on = Worker._hand_on
+
+    def hand_on_interactive(self: Worker, launch: Any) -> None:
+        """The hand-on at an answer's last byte (ADR 0021) under the same gate."""
+        if self._queue.interactive_waiting:
+            hand_on(self, launch)
+        else:
+            self._changed()
+
+    Worker._hand_on = hand_on_interactive  # type: ignore[method-assign]
     config = Config(listen="tcp:0:interface=127.0.0.1", target_url=target, data_dir=Path(data_dir))
     check_data_dir(config)
     open_sync(config.db_path).close()

@@ -361,3 +361,34 @@ async def test_a_job_cancelled_while_its_row_is_read_ahead_never_runs(tmp_path: 
         assert asked == ["q0", "q1", "q2", "q4", "q5"]
     finally:
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_jobs_hand_the_target_on_and_each_records_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    """Each call's last byte starts the next job before the attempt is recorded (ADR 0021);
+    every job still ends with its own result, tokens and stream."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=400.0, load_time=0.0)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        await stack.daemon.worker.stop(0)
+        jobs = [await stack.submit(chat("llama3.2", f"q{n}")) for n in range(6)]
+        stack.daemon.worker.start()
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        for n, end in enumerate(ends):
+            assert end["state"] == "done", end
+            expected = reply_text("llama3.2", f"q{n}", 8)
+            assert end["result"]["message"]["content"] == expected
+            assert end["progress"]["tokens"] == 8
+            stream = await stack.get(f"/jobs/{end['id']}/artifacts/stream.ndjson")
+            lines = [json.loads(line) for line in stream.body.splitlines()]
+            assert "".join(c["message"]["content"] for c in lines) == expected
+        # the first job loaded the model; each later one was started by the one before
+        assert stack.daemon.worker.early >= len(jobs) - 2
+        assert stack.daemon.worker.state == "idle"
+        assert stack.daemon.runner.job_id is None
+    finally:
+        await stack.stop()

@@ -109,6 +109,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         worker.observe_load(model, seconds)
 
     runner.on_load = loaded
+    runner.on_free = worker.job_freed
     runner.knows_resident = lambda model: worker.residency.is_resident(model, queue.clock())
     delivery = Delivery(
         reactor=reactor,

@@ -23,18 +23,16 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from foreman.core import jobstate
-from foreman.core.assemble import Assembler
 from foreman.core.backoff import RECORD_RETRY
-from foreman.core.framing import LineTooLong, NDJSONDecoder, SSEDecoder
 from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
 from foreman.core.residency import canonical_model, read_ps
-from foreman.jobs.artifacts import ArtifactStore, StreamWriter
+from foreman.jobs.artifacts import ArtifactStore
+from foreman.jobs.collect import ASSEMBLED, Answer, Collector
 from foreman.jobs.hub import Progress
 from foreman.target.call import (
     ABORTED,
     INTERNAL,
-    RESET,
     SHUTDOWN,
     TOO_LARGE,
     UNREACHABLE,
@@ -59,7 +57,6 @@ METADATA_LIMIT = 1024 * 1024
 LINE_LIMIT = 8 * 1024 * 1024
 
 # endpoints whose stream foreman can assemble into the non-streaming response
-_ASSEMBLED = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
 _NATIVE_STREAMING = frozenset({"/api/chat", "/api/generate"})
 _OPENAI_STREAMING = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
@@ -79,7 +76,7 @@ def job_wants_stream(endpoint: str, request: dict[str, Any]) -> bool:
 
 def wire_request(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """The body foreman sends: streaming forced where it can assemble the result."""
-    if endpoint not in _ASSEMBLED:
+    if endpoint not in ASSEMBLED:
         return request
     body = dict(request)
     body["stream"] = True
@@ -137,12 +134,23 @@ class _Attempt:
 
 
 @frozen
-class _Answer:
-    """What the target answered, assembled, waiting to be recorded."""
+class _Ready:
+    """A job's row with its request parsed and the body it sends encoded (read ahead)."""
 
-    response: bytes
-    tokens: int
-    raw: StreamWriter | None
+    row: JobRow
+    request: dict[str, Any]
+    body: bytes
+
+
+def _ready(row: JobRow | None) -> _Ready | None:
+    if row is None:
+        return None
+    request = row.request_body()
+    return _Ready(row, request, _encode(wire_request(row.endpoint, request)))
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
 
 
 class JobRunner:
@@ -177,12 +185,15 @@ class JobRunner:
         self._recording: set[Deferred[None]] = set()
         self._pauses: set[Deferred[None]] = set()
         self._recorded_tokens: dict[str, int] = {}
-        self._ahead: dict[str, Deferred[JobRow | None]] = {}  # rows read ahead (prefetch)
+        self._ahead: dict[str, Deferred[_Ready | None]] = {}  # rows read ahead (prefetch)
         #: told when an attempt's recording ends (a drain waits for the last one)
         self.on_recorded: Callable[[], None] | None = None
         self.knows_resident: Callable[[str], bool] | None = None
         """The worker's view: True when ``model`` is surely resident (no need to ask)."""
         self.on_load: Callable[[str, float], None] | None = None
+        #: told (job id, model) when an attempt's call ended whole, before the
+        #: attempt returns: the worker starts the next request at once
+        self.on_free: Callable[[str, str], None] | None = None
         self.job_id: str | None = None
         self.phase: str | None = None
         self.tokens = 0
@@ -215,11 +226,12 @@ class JobRunner:
         single read comes back, and then every dispatch would wait for its row.
         Rows already read (or being read) are kept; the others are dropped.
         """
-        ahead: dict[str, Deferred[JobRow | None]] = {}
+        ahead: dict[str, Deferred[_Ready | None]] = {}
         for job_id in job_ids:
             reading = self._ahead.get(job_id)
             if reading is None:
-                reading = Deferred.fromCoroutine(self._jobs.get_row(job_id))
+                read = Deferred.fromCoroutine(self._jobs.get_row(job_id))
+                reading = read.addCallback(_ready)
                 reading.addErrback(lambda _: None)  # run() reads again on a failure
             ahead[job_id] = reading
         self._ahead = ahead
@@ -233,13 +245,14 @@ class JobRunner:
         """Rows read (or being read) ahead and not used yet."""
         return len(self._ahead)
 
-    async def _row(self, job_id: str) -> JobRow | None:
+    async def _ready(self, job_id: str) -> _Ready | None:
+        """The job's row, request and body: read ahead, or read now."""
         reading = self._ahead.pop(job_id, None)
         if reading is not None:
-            row = await reading
-            if row is not None:
-                return row
-        return await self._jobs.get_row(job_id)
+            ready = await reading
+            if ready is not None:
+                return ready
+        return _ready(await self._jobs.get_row(job_id))
 
     async def run(self, job_id: str) -> str | None:
         """One attempt's use of the target; returns the model now resident when it got that far.
@@ -266,19 +279,33 @@ class JobRunner:
                 error = TargetError(INTERNAL, f"foreman failed during the attempt: {e!r}"[:500])
             if error.kind == UNREACHABLE:
                 self._on_unreachable(error.message)  # before the worker picks again
-            self._record_later(job_id, self._settle(attempt, error))
+            tokens = self.tokens
+            self._record_later(job_id, self._settle(attempt, error, tokens), tokens)
             return None
         finally:
-            self.job_id, self._call, self.phase = None, None, None
+            if self.job_id == job_id:  # not handed on already (``_free``)
+                self.job_id, self._call, self.phase = None, None, None
 
-    def _record_later(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+    def _free(self, row: JobRow) -> None:
+        """The call ended whole: the target is free for the next request (``on_free``).
+
+        The attempt lets go of the runner's state first: the next attempt may
+        start inside ``on_free``, while this one goes on to return its answer.
+        """
+        if self.job_id != row.id or self.on_free is None:
+            return
+        self._recorded_tokens[row.id] = self.tokens
+        self.job_id, self._call, self.phase = None, None, None
+        self.on_free(row.id, row.model)
+
+    def _record_later(self, job_id: str, work: Coroutine[Any, Any, None], tokens: int) -> None:
         """Record the attempt from the reactor's next turn on.
 
         Started at once, its first steps (artifact writes handed to threads,
         the final state's transaction) would run before the worker picks the
         next job; started on the next turn they run after that job was sent.
         """
-        self._recorded_tokens[job_id] = self.tokens
+        self._recorded_tokens[job_id] = tokens
         d: Deferred[None] = Deferred()
         self._reactor.callLater(0, lambda: Deferred.fromCoroutine(work).chainDeferred(d))
         self._recording.add(d)
@@ -318,14 +345,14 @@ class JobRunner:
 
     async def _attempt(self, attempt: _Attempt) -> str | None:
         job_id = attempt.job_id
-        row = await self._row(job_id)
-        if row is None or row.state != jobstate.JobState.QUEUED:
+        ready = await self._ready(job_id)
+        if ready is None or ready.row.state != jobstate.JobState.QUEUED:
             return None
-        request = row.request_body()
+        row, request = ready.row, ready.request
         if self._known_loaded(row, request):
             # the request leaves first; the two state writes follow while the
             # target works (their compare-and-set still aborts a cancelled job)
-            generating = Deferred.fromCoroutine(self._generate(row, request))
+            generating = Deferred.fromCoroutine(self._generate(row, request, ready.body))
             try:
                 now = self._clock.seconds()
                 self._write(attempt, jobstate.start_loading(job_id, now))
@@ -342,11 +369,11 @@ class JobRunner:
             await self._load(row, request)
             self._write(attempt, jobstate.start_working(job_id, self._clock.seconds()))
             self.phase = "working"
-            answer = await self._generate(row, request)
-        self._record_later(job_id, self._record(attempt, row, answer))
+            answer = await self._generate(row, request, ready.body)
+        self._record_later(job_id, self._record(attempt, row, answer), answer.tokens)
         return row.model
 
-    async def _settle(self, attempt: _Attempt, error: TargetError) -> None:
+    async def _settle(self, attempt: _Attempt, error: TargetError, tokens: int) -> None:
         """Record how the attempt ended; retried until written (or foreman stops).
 
         A job is never left off the queue in ``loading``/``working``: if the
@@ -359,7 +386,7 @@ class JobRunner:
         failures = 0
         while True:
             try:
-                await self._after_error(job_id, error)
+                await self._after_error(job_id, error, tokens)
                 return
             except Exception:
                 failures += 1
@@ -396,7 +423,7 @@ class JobRunner:
             return
         path, body = preload
         started = self._clock.seconds()
-        await self._target(path, body, lambda data: None)
+        await self._target(path, _encode(body), lambda data: None)
         if self.on_load is not None:
             self.on_load(row.model, self._clock.seconds() - started)
 
@@ -426,7 +453,11 @@ class JobRunner:
         return listed is not None and canonical_model(model) in {m.name for m in listed}
 
     async def _target(
-        self, path: str, body: dict[str, Any], on_data: Callable[[bytes], None]
+        self,
+        path: str,
+        body: bytes,
+        on_data: Callable[[bytes], None],
+        on_complete: Callable[[], None] | None = None,
     ) -> int:
         received = 0
 
@@ -451,94 +482,67 @@ class JobRunner:
             self._upstream,
             self._token,
             path,
-            json.dumps(body).encode(),
+            body,
             bounded,
             self._idle_timeout,
+            on_complete,
         )
         self._call = call
         try:
             return await call.run()
         finally:
-            self._call = None
+            if self._call is call:  # not the next attempt's (``_free``)
+                self._call = None
 
-    async def _generate(self, row: JobRow, request: dict[str, Any]) -> _Answer:
-        """The target call of the attempt; what it answered, for ``_record``."""
+    async def _generate(self, row: JobRow, request: dict[str, Any], body: bytes) -> Collector:
+        """The target call of the attempt; what it answered, assembled later by ``_record``."""
         endpoint = row.endpoint
-        assembler = Assembler(endpoint)
         # the stream.ndjson artifact, written while it arrives
         raw = (
             self._artifacts.stream(row.id, "stream.ndjson")
             if job_wants_stream(endpoint, request)
             else None
         )
-        whole: list[bytes] = []
-        sse = endpoint.startswith("/v1/")
-        ndjson = NDJSONDecoder(min(self._max_response, LINE_LIMIT))
-        events = SSEDecoder()
-        streamed = endpoint in _ASSEMBLED or raw is not None
-        last_progress = 0.0
 
-        def feed(obj: Any) -> None:
-            nonlocal last_progress
-            assembler.feed_chunk(obj)
-            self.tokens = assembler.tokens
-            now = self._clock.seconds()
-            if now - last_progress >= 0.2:
-                last_progress = now
-                self._jobs.hub.publish(row.id, Progress(row.id, self.tokens))
+        def on_tokens(tokens: int) -> None:
+            if self.job_id == row.id:
+                self.tokens = tokens
+            self._jobs.hub.publish(row.id, Progress(row.id, tokens))
 
-        def decode(data: bytes) -> None:
-            if sse:
-                for event in events.feed(data):
-                    if event.data == "[DONE]" or not event.data:
-                        continue
-                    if raw is not None:  # the SSE payloads, one JSON object per line
-                        raw.write(event.data.encode() + b"\n")
-                    feed(json.loads(event.data))
-            else:
-                if raw is not None:  # NDJSON already: keep the target's bytes as they came
-                    raw.write(data)
-                for obj in ndjson.feed(data):
-                    feed(obj)
+        collector = Collector(
+            endpoint, raw, min(self._max_response, LINE_LIMIT), self._clock.seconds, on_tokens
+        )
 
         def on_data(data: bytes) -> None:
-            if not streamed:
-                whole.append(data)
-                return
             try:
-                decode(data)
-            except LineTooLong as e:
-                self.abort(TargetError(TOO_LARGE, f"the target's stream: {e}"))
-            except Exception as e:  # bad JSON, or JSON of a shape no chunk has
-                self.abort(TargetError("stream_error", f"target sent a malformed stream: {e!r}"))
+                collector.feed(data)
+            except TargetError as e:
+                self.abort(e)
 
         try:
-            await self._target(endpoint, wire_request(endpoint, request), on_data)
-            try:
-                if not streamed:
-                    assembler.feed_chunk(json.loads(b"".join(whole)))
-                elif not sse:
-                    for obj in ndjson.flush():
-                        feed(obj)
-            except Exception as e:  # not JSON, or JSON of a shape the endpoint never answers
-                raise TargetError("stream_error", f"target sent a malformed body: {e!r}") from None
-            if assembler.error is not None:
-                raise TargetError("stream_error", assembler.error)
-            if endpoint in _ASSEMBLED and not assembler.complete:
-                raise TargetError(RESET, "the target's stream ended before its final chunk")
-            response = json.dumps(assembler.result(), separators=(",", ":")).encode()
+            await self._target(endpoint, body, on_data, lambda: self._free(row))
         except BaseException:
             if raw is not None:
                 await raw.abort()  # the attempt left no result: no stream file either
             raise
-        return _Answer(response, assembler.tokens, raw)
+        return collector
 
-    async def _record(self, attempt: _Attempt, row: JobRow, answer: _Answer) -> None:
-        """After the call, off the target's path: artifacts, then ``done``.
+    async def _record(self, attempt: _Attempt, row: JobRow, collector: Collector) -> None:
+        """After the call, off the target's path: the result, its artifacts, then ``done``.
 
-        Anything that goes wrong here ends in a state like a fault in the call
-        (``internal_error``, retried): the answer is not trusted to disk.
+        A malformed or cut answer ends like a fault in the call (the state
+        machine decides); anything else that goes wrong here ends in
+        ``internal_error``, retried: the answer is not trusted to disk.
         """
+        try:
+            answer = collector.finish()
+        except TargetError as e:
+            self._recorded_tokens[row.id] = collector.tokens
+            if collector.raw is not None:
+                await collector.raw.abort()
+            await self._settle(attempt, e, collector.tokens)
+            return
+        self._recorded_tokens[row.id] = answer.tokens
         try:
             await self._record_answer(attempt, row, answer)
         except Exception as e:
@@ -546,9 +550,9 @@ class JobRunner:
             if answer.raw is not None:
                 await answer.raw.abort()
             error = TargetError(INTERNAL, f"foreman failed to record the answer: {e!r}"[:500])
-            await self._settle(attempt, error)
+            await self._settle(attempt, error, answer.tokens)
 
-    async def _record_answer(self, attempt: _Attempt, row: JobRow, answer: _Answer) -> None:
+    async def _record_answer(self, attempt: _Attempt, row: JobRow, answer: Answer) -> None:
         raw = answer.raw
         try:
             fine = await attempt.written()
@@ -556,7 +560,7 @@ class JobRunner:
             if raw is not None:
                 await raw.abort()
             error = TargetError(INTERNAL, f"could not record the job's state: {e!r}"[:500])
-            await self._settle(attempt, error)
+            await self._settle(attempt, error, answer.tokens)
             return
         try:
             if not fine:  # cancelled while it ran
@@ -572,7 +576,7 @@ class JobRunner:
             if raw is not None:
                 await raw.abort()
             error = TargetError("artifact_write_error", f"could not write artifacts: {e}")
-            await self._settle(attempt, error)
+            await self._settle(attempt, error, answer.tokens)
             return
         except BaseException:
             if raw is not None:
@@ -587,7 +591,7 @@ class JobRunner:
         if done is None:  # cancelled while the artifacts were written
             await self._artifacts.discard([row.id])
 
-    async def _after_error(self, job_id: str, error: TargetError) -> None:
+    async def _after_error(self, job_id: str, error: TargetError, tokens: int) -> None:
         row = await self._jobs.get_row(job_id)
         if row is None or row.terminal:
             return  # cancelled (or deleted): the canceller recorded it
@@ -604,7 +608,7 @@ class JobRunner:
             jobstate.ErrorKind(error.kind),
             error.message,
             self._clock.seconds(),
-            self.tokens,
+            tokens,
             status=error.status,
         )
         # JobService.apply logs the transition (a warning: it carries the error)

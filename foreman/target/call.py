@@ -109,6 +109,7 @@ class TargetCall:
         body: bytes,
         on_data: Callable[[bytes], None],
         idle_timeout: float = 900.0,
+        on_complete: Callable[[], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._upstream = upstream
@@ -116,6 +117,7 @@ class TargetCall:
         self._path = path
         self._body = body
         self._on_data = on_data
+        self._on_complete = on_complete  # told at the last byte of a whole 2xx answer
         self._idle_timeout = idle_timeout
         self._request: Deferred[IResponse] | None = None
         self._reader: _Reader | None = None
@@ -193,6 +195,8 @@ class TargetCall:
         if self._abort_reason is not None:
             done.errback(self._abort_reason)
         elif reason.check(ResponseDone):
+            if self._on_complete is not None and self._error_body is None:
+                self._on_complete()  # before this call's caller resumes
             done.callback(None)
         elif reason.check(ResponseFailed, neterror.ConnectionLost, neterror.ConnectionDone):
             done.errback(TargetError(RESET, "target closed the connection mid-response"))

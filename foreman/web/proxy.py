@@ -282,7 +282,8 @@ class ProxyResource(Resource):
 class _Exchange(Protocol):
     """One client request relayed to the target, and the protocol for its body."""
 
-    slot: Slot | None = None
+    slot: Slot | None = None  # held until released
+    granted: Slot | None = None  # the slot it got, kept for its wait times
     call: InferenceCall | None = None
     head: list[bytes] | None = None  # the header lines to forward, when built early
     pending: Deferred[Any] | None = None
@@ -294,6 +295,8 @@ class _Exchange(Protocol):
     code = 0  # the target's status code, once its headers came
     stream_kind: bytes | None = None  # b"ndjson" or b"sse" when the body streams
     _last = b""  # the newest body chunk: the final one carries load_duration
+    _response: IResponse | None = None  # a small answer whose head waits for its body
+    _held: list[bytes] | None = None  # a small answer's body so far
     _silence: Any = None  # IDelayedCall watching for a silent target
     _heard_at = 0.0
 
@@ -331,7 +334,7 @@ class _Exchange(Protocol):
 
     def _admitted(self, slot: Slot) -> None:
         self.pending = None
-        self.slot = slot
+        self.slot = self.granted = slot
         if self.client_gone:
             self._release()
             return
@@ -489,6 +492,20 @@ class _Exchange(Protocol):
         if self.client_gone:
             response.deliverBody(self)  # connectionMade stops the transport
             return
+        length = response.length
+        self.producing = length is UNKNOWN_LENGTH or length > _SMALL_BODY
+        if self.producing:
+            self._answer_head(response)
+        else:
+            # a small body is relayed whole once it is in, after the worker
+            # has the target free again (``connectionLost``): the next request
+            # leaves before this client's head and body are written
+            self._response = response
+            self._held = []
+        response.deliverBody(self)
+
+    def _answer_head(self, response: IResponse) -> None:
+        """The client's status line and headers, from the target's."""
         request = self.request
         request.setResponseCode(response.code, response.phrase)
         out: Headers = request.responseHeaders
@@ -514,14 +531,12 @@ class _Exchange(Protocol):
             out.setRawHeaders(b"Content-Length", [b"%d" % length])
         if streaming:
             out.setRawHeaders(b"X-Accel-Buffering", [b"no"])
-        slot = self.slot
+        slot = self.granted
         if slot is not None:
             out.setRawHeaders(b"X-Foreman-Queue-Wait-Ms", [b"%d" % round(slot.queue_wait_ms)])
             if slot.target_wait_ms:
                 wait = b"%d" % round(slot.target_wait_ms)
                 out.setRawHeaders(b"X-Foreman-Target-Wait-Ms", [wait])
-        self.producing = length is UNKNOWN_LENGTH or length > _SMALL_BODY
-        response.deliverBody(self)
 
     # -- upstream body (IProtocol) ----------------------------------------------
 
@@ -536,7 +551,10 @@ class _Exchange(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._heard_at = self._seconds()
         self._last = data
-        if not self.client_gone:
+        held = self._held
+        if held is not None:
+            held.append(data)
+        elif not self.client_gone:
             self.request.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -549,6 +567,12 @@ class _Exchange(Protocol):
         if self.client_gone:
             return
         request = self.request
+        response, self._response = self._response, None
+        if response is not None:  # a small body, held until now
+            held, self._held = self._held or [], None
+            self._answer_head(response)
+            if held:
+                request.write(b"".join(held) if len(held) > 1 else held[0])
         if self.producing:
             request.unregisterProducer()
         if complete:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
 
@@ -82,17 +83,32 @@ class _WorkerSlot:
     """Handed to the proxy; ``release`` lets the worker go on.
 
     The proxy reports the target's answer with ``outcome`` and registers
-    ``on_lost`` to hear when the worker declares the target gone.
+    ``on_lost`` to hear when the worker declares the target gone. ``release``
+    runs the worker's ``_target_free`` first, so the next request can leave
+    before the released one's client hears its last byte.
     """
 
-    __slots__ = ("_released", "code", "load_seconds", "on_lost", "queue_wait_ms", "target_wait_ms")
+    __slots__ = (
+        "_free",
+        "_released",
+        "code",
+        "load_seconds",
+        "on_lost",
+        "queue_wait_ms",
+        "target_wait_ms",
+    )
 
     def __init__(
-        self, queue_wait_ms: float, target_wait_ms: float, released: Deferred[None]
+        self,
+        queue_wait_ms: float,
+        target_wait_ms: float,
+        released: Deferred[None],
+        free: Callable[[_WorkerSlot], None],
     ) -> None:
         self.queue_wait_ms = queue_wait_ms
         self.target_wait_ms = target_wait_ms
         self._released = released
+        self._free = free
         self.code: int | None = None
         self.load_seconds: float | None = None
         self.on_lost: Callable[[str], None] | None = None
@@ -102,11 +118,25 @@ class _WorkerSlot:
 
     def release(self) -> None:
         if not self._released.called:
+            self._free(self)
             self._released.callback(None)
 
     def lost(self, reason: str) -> None:
         if self.on_lost is not None and not self._released.called:
             self.on_lost(reason)
+
+
+@define
+class _Launch:
+    """One dispatch on its way: what the loop awaits, and learns from, once it ends."""
+
+    item: Waiting
+    needs_load: bool
+    started: float
+    #: fires with True when the target answered it (it counts for the estimates)
+    done: Deferred[bool]
+    #: a job's call ended and the target was handed on before its attempt returned
+    freed: bool = False
 
 
 class Worker:
@@ -137,8 +167,14 @@ class Worker:
         self._stopping = False
         self._loop: Deferred[None] | None = None
         self._waiting: Deferred[Any] | None = None
-        self._released: Deferred[None] | None = None
         self._slot: _WorkerSlot | None = None
+        self._running: _Launch | None = None  # the interactive dispatch holding a slot
+        self._job: _Launch | None = None  # the job dispatch whose call may still run
+        #: the dispatch a released slot already started (``_target_free``)
+        self._early: _Launch | None = None
+        self._freeing = False
+        self.early = 0
+        """Dispatches started from the release of the one before (``_target_free``)."""
         self._unsubscribe: Callable[[], None] | None = None
         self.residency = residency if residency is not None else ResidentSet()
         self.state = "idle"
@@ -234,36 +270,111 @@ class Worker:
 
     async def _run(self) -> None:
         while not self._stopping:
+            launch, self._early = self._early, None
+            if launch is None:
+                try:
+                    await self._wait(self._queue.wait_for_work())
+                    while self.paused and not self._stopping:
+                        self.state = "paused"
+                        held: Deferred[None] = Deferred()
+                        self._holding.append(held)
+                        await self._wait(held)
+                    await self._wait_for_target()
+                except CancelledError:
+                    break
+                self.state = "idle"
+                launch = self._next()
+                if launch is None:
+                    continue
             try:
-                await self._wait(self._queue.wait_for_work())
-                while self.paused and not self._stopping:
-                    self.state = "paused"
-                    held: Deferred[None] = Deferred()
-                    self._holding.append(held)
-                    await self._wait(held)
-                await self._wait_for_target()
-            except CancelledError:
-                break
-            self.state = "idle"
-            resident = self.resident()
-            item = self._queue.pick(resident)
-            if item is None:
-                continue
-            if self._storage_refuses(item):
-                continue
-            needs_load = canonical_model(item.model) not in resident
-            try:
-                await self._dispatch(item, needs_load, bool(resident))
+                served = await launch.done
             except Exception:  # never lets the one worker die; the job is put back
-                _log.failure("worker: dispatching {key} raised", key=item.key)
-                self._put_back(item)
-            if needs_load and self._monitor.state == "up":
+                _log.failure("worker: dispatching {key} raised", key=launch.item.key)
+                self._put_back(launch.item)
+                served = False
+            self._learn(launch, served)
+            if launch.needs_load and self._early is None and self._monitor.state == "up":
                 # which model did that load push out? Ask before the next pick.
                 await self._monitor.refresh_models()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         self.state = "stopped"
+
+    def _next(self) -> _Launch | None:
+        """Pick and start the next dispatch, or None when nothing can start now."""
+        resident = self.resident()
+        item = self._queue.pick(resident)
+        if item is None or self._storage_refuses(item):
+            return None
+        needs_load = canonical_model(item.model) not in resident
+        try:
+            return self._launch(item, needs_load, bool(resident))
+        except Exception:  # never lets the one worker die; the job is put back
+            _log.failure("worker: dispatching {key} raised", key=item.key)
+            self.dispatched_at = None
+            self._put_back(item)
+            return None
+
+    def _target_free(self, slot: _WorkerSlot) -> None:
+        """An interactive request released the target: start the next one first.
+
+        Runs inside the proxy's ``release``, before the released request's
+        client gets its last bytes and before the loop resumes for the
+        bookkeeping (``_learn``): the next request's bytes leave at once, the
+        rest of this reactor turn follows (ADR 0021).
+        """
+        launch = self._running
+        self._slot = self._running = None
+        self.current = None
+        self.state = "idle"
+        if launch is not None and slot.code is not None and slot.code < 400:
+            self._served(launch.item.model)  # before the pick: now the most recent
+        self._hand_on(launch)
+
+    def job_freed(self, job_id: str, model: str) -> None:
+        """The running job's target call ended whole: start the next request first.
+
+        The runner calls this at the answer's last byte, before it assembles
+        and records the answer (which then runs after the next request left).
+        """
+        launch = self._job
+        if launch is None or launch.item.key != job_id:
+            return
+        self._job = None
+        launch.freed = True
+        self.current = None
+        self.state = "idle"
+        self._served(model)
+        self._hand_on(launch)
+
+    def _hand_on(self, launch: _Launch | None) -> None:
+        """Start the next dispatch now, when nothing else must come first.
+
+        Not when paused or stopping, nor with the target down, nor after a
+        load (``/api/ps`` is asked then, before the next pick), nor inside a
+        start that ended at once (the loop goes on: no recursion).
+        """
+        if (
+            launch is None
+            or launch.needs_load
+            or self._freeing
+            or self._stopping
+            or self.paused
+            or self._monitor.state != "up"
+            or not len(self._queue.scheduler)
+        ):
+            self._changed()
+            return
+        self._freeing = True
+        try:
+            self._early = self._next()
+        finally:
+            self._freeing = False
+        if self._early is not None:
+            self.early += 1
+        else:
+            self._changed()
 
     def _storage_refuses(self, item: Waiting) -> bool:
         """A job waits while the database refuses writes (an attempt would be lost)."""
@@ -348,14 +459,10 @@ class Worker:
         """Wake-on-LAN packets sent for the current wait."""
         return self._wake_plan.count
 
-    async def _dispatch(self, item: Waiting, needs_load: bool, others_resident: bool) -> None:
+    def _launch(self, item: Waiting, needs_load: bool, others_resident: bool) -> _Launch:
+        """Start ``item``'s dispatch; the returned launch's ``done`` fires when it ends."""
         now = self._queue.clock()  # the clock that stamped item.enqueued_at
         waited = max(0.0, now - item.enqueued_at)
-        if self.on_dispatch is not None:
-            try:
-                self.on_dispatch(item, waited)
-            except Exception:  # an observer (logs, metrics) never stops the work
-                _log.failure("worker: on_dispatch raised")
         if needs_load:
             self.loads += 1
             if others_resident or (self.last_model not in (None, item.model)):
@@ -365,17 +472,31 @@ class Worker:
         self.dispatched_at, self._load_seen = started, None
         costs = self.residency.load_costs
         self.dispatch_load = costs.get(canonical_model(item.model), 0.0) if needs_load else 0.0
+        done: Deferred[bool] = Deferred()
+        launch = _Launch(item, needs_load, started, done)
         if item.kind == INTERACTIVE:
-            served = await self._admit(item, waited, needs_load)
+            self._admit(launch, waited)
         else:
-            served = await self._run_job(item)
-        self.dispatched_at = None
-        if served:  # learn how long it held the target, without its load
-            load = self._load_seen[1] if self._load_seen is not None else None
-            ended = self._reactor.seconds()
-            self.estimator.observe(item.model, ended - started, load)
-            if item.kind == INTERACTIVE:
-                self.estimator.interactive(ended - started, ended)
+            self._run_job(launch)
+        if self.on_dispatch is not None:  # after the request left: observers wait
+            try:
+                self.on_dispatch(item, waited)
+            except Exception:  # an observer (logs, metrics) never stops the work
+                _log.failure("worker: on_dispatch raised")
+        return launch
+
+    def _learn(self, launch: _Launch, served: bool) -> None:
+        """After a dispatch ended: how long it held the target, without its load."""
+        if self._early is None:
+            self.dispatched_at = None
+        if not served:
+            return
+        item = launch.item
+        load = self._load_seen[1] if self._load_seen is not None else None
+        ended = self._reactor.seconds()
+        self.estimator.observe(item.model, ended - launch.started, load)
+        if item.kind == INTERACTIVE:
+            self.estimator.interactive(ended - launch.started, ended)
 
     def observe_load(self, model: str, seconds: float) -> None:
         """A load of ``model`` took ``seconds``: the scheduler breaks ties with it."""
@@ -388,55 +509,67 @@ class Worker:
         self.last_model = model
         self.residency.observe_response(model, self._queue.clock())
 
-    async def _admit(self, item: Waiting, waited: float, needs_load: bool) -> bool:
-        """Run one interactive request; True when the target answered it."""
+    def _admit(self, launch: _Launch, waited: float) -> None:
+        """Hand the target to one interactive request; ``launch.done`` fires at its release."""
+        item = launch.item
         held = self._queue.take_held(item.key)
         if held is None or held.deferred.called:
-            return False  # the client left between pick and dispatch
+            launch.done.callback(False)  # the client left between pick and dispatch
+            return
         released: Deferred[None] = Deferred()
-        self._released = released
         self.state = "working"
         self.current = {"kind": "interactive", "model": item.model, "path": held.call.path}
         target_wait = 0.0
         if self._last_wait is not None:  # the part of its wait spent on a down target
             began, ended = self._last_wait
             target_wait = max(0.0, ended - max(began, item.enqueued_at))
-        slot = _WorkerSlot(waited * 1000.0, target_wait * 1000.0, released)
+        slot = _WorkerSlot(waited * 1000.0, target_wait * 1000.0, released, self._target_free)
         self._slot = slot
-        self._changed()
-        held.deferred.callback(slot)
-        try:
-            await released
-        finally:
-            self._released = None
-            self._slot = None
-            self.current = None
-            self.state = "idle"
-            self._changed()
-        if slot.code is not None and slot.code < 400:
-            self._served(item.model)
-            if needs_load and slot.load_seconds is not None:
-                self.observe_load(item.model, slot.load_seconds)
-            return True
-        return False
+        self._running = launch
 
-    async def _run_job(self, item: Waiting) -> bool:
-        """Run one job's attempt; True when the target answered it."""
+        def answered(_: object) -> None:
+            served = slot.code is not None and slot.code < 400
+            if served and launch.needs_load and slot.load_seconds is not None:
+                self.observe_load(item.model, slot.load_seconds)
+            launch.done.callback(served)
+
+        released.addCallback(answered)
+        held.deferred.callback(slot)
+        if self._running is launch:  # still running: observers hear it started
+            self._changed()
+
+    def _run_job(self, launch: _Launch) -> None:
+        """Run one job's attempt; ``launch.done`` fires when the target is free again."""
+        item = launch.item
         self.state = "working"
         self.current = {"kind": "job", "id": item.key, "model": item.model}
         self._changed()
-        try:
-            running = Deferred.fromCoroutine(self._runner.run(item.key))
-            self._prefetch_next()
-            model = await running
+
+        self._job = launch
+
+        def ended(model: str | None) -> bool:
+            if self._job is launch:  # not handed on early (``job_freed``)
+                self._job = None
+                self.current = None
+                self.state = "idle"
+                self._changed()
             if model is not None:
-                self._served(model)
+                if not launch.freed:
+                    self._served(model)
                 return True
             return False
-        finally:
-            self.current = None
-            self.state = "idle"
-            self._changed()
+
+        def failed(failure: Any) -> Any:
+            if self._job is launch:
+                self._job = None
+                self.current = None
+                self.state = "idle"
+                self._changed()
+            return failure
+
+        running = Deferred.fromCoroutine(self._runner.run(item.key))
+        self._prefetch_next()
+        running.addCallbacks(ended, failed).chainDeferred(launch.done)
 
     def _prefetch_next(self) -> None:
         """While the target works, read the rows of the jobs most likely to run next.
@@ -478,5 +611,6 @@ class Worker:
             self._runner.abort(TargetError(SHUTDOWN, "foreman is shutting down"))
         # an interactive request keeps its client; the proxy ends it when the
         # connection closes at process exit. Let the loop end now.
-        if self._released is not None and not self._released.called:
-            self._released.callback(None)
+        slot = self._slot
+        if slot is not None:
+            slot.release()

@@ -342,6 +342,113 @@ def test_slot_wait_follows_the_queue_clock_without_patching(h: Harness) -> None:
     assert result_of(d).queue_wait_ms == 2500.0
 
 
+# -- the target handed on at the last byte (ADR 0021) ------------------------
+
+
+def _learned(h: Harness, model: str) -> int:
+    return int(h.worker.estimator.learned().get(canonical_model(model), {}).get("samples") or 0)
+
+
+def test_a_release_starts_the_next_request_before_the_loop_learns_from_the_first(
+    clock: Clock,
+) -> None:
+    h = make(clock, loaded=("m",))
+    h.worker.start()
+    first, second = h.admit("m"), h.admit("m")
+    slot = result_of(first)
+    seen: list[int] = []
+
+    def admitted(slot: Slot) -> Slot:
+        seen.append(_learned(h, "m"))
+        return slot
+
+    second.addCallback(admitted)
+    slot.outcome(200, None)
+    slot.release()
+    assert seen == [0], "the second request waited for the first one's bookkeeping"
+    assert _learned(h, "m") == 1  # learned right after, in the same turn
+    assert h.worker.early == 1
+    assert h.worker.current == {"kind": "interactive", "model": "m", "path": "/api/chat"}
+    result_of(second).release()
+    assert h.worker.state == "idle" and h.worker.current is None
+    assert h.worker.dispatched == 2
+    assert h.worker.dispatched_at is None
+
+
+def test_a_release_after_a_load_asks_api_ps_before_the_next_pick(h: Harness) -> None:
+    h.worker.start()
+    first, second = h.admit("m"), h.admit("m")
+    slot = result_of(first)
+    assert h.worker.loads == 1
+    slot.outcome(200, 2.0)
+    slot.release()
+    assert h.worker.early == 0
+    assert h.monitor.refreshes == 1
+    result_of(second).release()
+    assert h.worker.dispatched == 2
+
+
+def test_no_hand_on_while_paused_or_for_a_failed_answer(clock: Clock) -> None:
+    h = make(clock, loaded=("m",))
+    h.worker.start()
+    first, second = h.admit("m"), h.admit("m")
+    h.worker.hold()
+    slot = result_of(first)
+    slot.outcome(200, None)
+    slot.release()
+    assert not second.called and h.worker.state == "paused"
+    h.worker.release()
+    slot2 = result_of(second)
+    third = h.admit("m")
+    slot2.outcome(500, None)
+    slot2.release()  # a failed answer still frees the target
+    assert third.called and h.worker.early == 1
+    result_of(third).release()
+    assert h.worker.dispatched == 3
+
+
+def test_a_job_whose_call_ended_hands_the_target_on_before_its_attempt_returns(
+    clock: Clock,
+) -> None:
+    h = make(clock, loaded=("m",))
+    h.add("j1", "m")
+    h.add("j2", "m")
+    h.worker.start()
+    assert h.runner.started == ["j1"]
+    h.worker.job_freed("j2", "m")  # not the running job: ignored
+    assert h.runner.started == ["j1"]
+    h.worker.job_freed("j1", "m")
+    assert h.runner.started == ["j1", "j2"], "the next job waited for the attempt to return"
+    assert h.worker.current == {"kind": "job", "id": "j2", "model": "m"}
+    h.runner.finish("j1", "m")  # the first attempt returns: j2's state is left alone
+    assert h.worker.current == {"kind": "job", "id": "j2", "model": "m"}
+    assert h.worker.state == "working"
+    h.runner.finish("j2", "m")
+    assert h.worker.state == "idle" and h.worker.current is None
+    assert h.worker.dispatched == 2 and h.worker.early == 1
+    assert _learned(h, "m") == 2
+
+
+def test_hand_on_never_recurses_through_requests_that_end_at_once(clock: Clock) -> None:
+    h = make(clock, loaded=("m",), max_interactive=2000)
+    h.worker.start()
+    first = h.admit("m")
+    later = [h.admit("m") for _ in range(1500)]  # past the recursion limit, were it nested
+
+    def refused(slot: Slot) -> Slot:  # the relay ends the moment it starts
+        slot.outcome(502, None)
+        slot.release()
+        return slot
+
+    for d in later:
+        d.addCallback(refused)
+    result_of(first).release()
+    assert all(d.called for d in later)
+    assert h.worker.dispatched == 1501
+    assert h.worker.early <= 751  # every other one, at most: the loop starts the rest
+    assert h.worker.state == "idle"
+
+
 # -- drain by model, counters -------------------------------------------------
 
 
