@@ -256,7 +256,7 @@ async def _stop_work(parts: Parts) -> None:
     parts.control.close()
     await parts.batches.stop()
     await parts.worker.stop(parts.config.shutdown_grace)
-    await parts.runner.drain()  # the last attempts' records, before the store closes
+    await parts.runner.recorder.drain()  # the last attempts' records, before the store closes
     parts.queue.close()
 
 

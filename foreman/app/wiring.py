@@ -117,7 +117,9 @@ def build_parts(config: Config, reactor: Any) -> Parts:
         secret=load_or_create_secret(config.data_dir, config.webhook_secret),
         allow_private=config.webhook_allow_private,
     )
-    control = QueueControl(store, queue, worker, reactor, recording=lambda: runner.recording)
+    control = QueueControl(
+        store, queue, worker, reactor, recording=lambda: runner.recorder.recording
+    )
     etas = EtaBoard(queue, worker)
 
     def eta_of(key: str, position: int | None = None) -> dict[str, Any] | None:
@@ -130,7 +132,7 @@ def build_parts(config: Config, reactor: Any) -> Parts:
 
     jobs.eta_of = eta_of
     batches.eta_of = batch_eta
-    runner.on_recorded = control.recorded
+    runner.recorder.on_recorded = control.recorded
     queue.paused = lambda: worker.paused
     jobs.outbox_listeners.append(delivery.poke)
     jobs.batch_active = batches.active

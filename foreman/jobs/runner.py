@@ -1,35 +1,31 @@
-"""Runs one durable job attempt against the target: load, generate, record.
+"""Runs one durable job attempt against the target: read, load, generate.
 
 Called by the worker with the id of a job the scheduler picked. The attempt
-moves the job ``queued → loading → working → done`` and, when something goes
-wrong, asks the pure state machine (``foreman.core.jobstate``) whether to retry,
-wait for the target or fail. Artifacts are written before ``done`` is
-committed, so a ``done`` job always has them.
+moves the job ``queued → loading → working`` and holds the target until its
+call ends; then ``foreman.jobs.recorder`` records how it ended (``done`` with
+its artifacts, or what the pure state machine decides for an error) while
+the worker goes on with the next request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-from attrs import define, field, frozen
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
-from twisted.internet.task import deferLater
+from attrs import frozen
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from foreman.core import jobstate
-from foreman.core.backoff import RECORD_RETRY
-from foreman.core.jobview import RESULT_INLINE_LIMIT
 from foreman.core.records import JobRow
 from foreman.core.residency import canonical_model, read_ps
 from foreman.jobs.artifacts import ArtifactStore
-from foreman.jobs.collect import ASSEMBLED, Answer, Collector
+from foreman.jobs.collect import ASSEMBLED, Collector
 from foreman.jobs.hub import Progress
+from foreman.jobs.recorder import Attempt, Recorder
 from foreman.target.call import (
     ABORTED,
     INTERNAL,
@@ -107,32 +103,6 @@ def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[s
     return None  # embeddings: the request itself loads the model
 
 
-@define
-class _Attempt:
-    """One attempt's state writes, sent without waiting (``JobRunner._write``)."""
-
-    job_id: str
-    writes: list[Deferred[Any]] = field(factory=list)
-    _outcome: tuple[bool, Exception | None] | None = None
-
-    async def written(self) -> bool:
-        """Once every write is in: False if one found the job gone; raises a write's error."""
-        if self._outcome is None:
-            fine, error = True, None
-            for d in self.writes:
-                try:
-                    row = await d
-                except Exception as e:
-                    error = error or e
-                    continue
-                fine = fine and row is not None
-            self._outcome = (fine, error)
-        fine, error = self._outcome
-        if error is not None:
-            raise error
-        return fine
-
-
 @frozen
 class _Ready:
     """A job's row with its request parsed and the body it sends encoded (read ahead)."""
@@ -173,21 +143,17 @@ class JobRunner:
         self._token = token
         self._jobs = jobs
         self._artifacts = artifacts
-        self._max_attempts = max_attempts
         self._on_unreachable = on_unreachable
         self._idle_timeout = idle_timeout
         self._max_response = max_response
         self._call: TargetCall | None = None
         self._between: TargetError | None = None  # an abort that came between two calls
         self._asking: Deferred[Any] | None = None  # the /api/ps question in flight
-        self._closing = False
         #: what earlier attempts still record (artifacts, state writes), off the target's path
-        self._recording: set[Deferred[None]] = set()
-        self._pauses: set[Deferred[None]] = set()
-        self._recorded_tokens: dict[str, int] = {}
+        self.recorder = Recorder(
+            reactor=reactor, jobs=jobs, artifacts=artifacts, max_attempts=max_attempts
+        )
         self._ahead: dict[str, Deferred[_Ready | None]] = {}  # rows read ahead (prefetch)
-        #: told when an attempt's recording ends (a drain waits for the last one)
-        self.on_recorded: Callable[[], None] | None = None
         self.knows_resident: Callable[[str], bool] | None = None
         """The worker's view: True when ``model`` is surely resident (no need to ask)."""
         self.on_load: Callable[[str, float], None] | None = None
@@ -201,9 +167,7 @@ class JobRunner:
     def abort(self, reason: TargetError | None = None) -> None:
         """Abort the target call of the running attempt (cancel, shutdown)."""
         if reason is not None and reason.kind == SHUTDOWN:
-            self._closing = True
-            for pause in list(self._pauses):
-                pause.cancel()
+            self.recorder.close()
         if self._call is not None:
             self._call.abort(reason)
         elif self.job_id is not None:
@@ -217,7 +181,7 @@ class JobRunner:
         """Tokens of a job whose attempt runs or is being recorded, else None."""
         if self.job_id == job_id:
             return self.tokens
-        return self._recorded_tokens.get(job_id)
+        return self.recorder.tokens_of(job_id)
 
     def prefetch(self, job_ids: Sequence[str]) -> None:
         """Read ahead the rows of the jobs likely to run next, while the target is busy.
@@ -266,9 +230,9 @@ class JobRunner:
         an ``internal_error`` that is retried with backoff like a target fault.
         """
         self.job_id, self.tokens, self.phase = job_id, 0, "loading"
-        self._closing = False
+        self.recorder.closing = False
         self._between = None
-        attempt = _Attempt(job_id)
+        attempt = Attempt(job_id)
         try:
             try:
                 return await self._attempt(attempt)
@@ -280,7 +244,8 @@ class JobRunner:
             if error.kind == UNREACHABLE:
                 self._on_unreachable(error.message)  # before the worker picks again
             tokens = self.tokens
-            self._record_later(job_id, self._settle(attempt, error, tokens), tokens)
+            recorder = self.recorder
+            recorder.later(job_id, recorder.settle(attempt, error, tokens), tokens)
             return None
         finally:
             if self.job_id == job_id:  # not handed on already (``_free``)
@@ -294,43 +259,11 @@ class JobRunner:
         """
         if self.job_id != row.id or self.on_free is None:
             return
-        self._recorded_tokens[row.id] = self.tokens
+        self.recorder.hold_tokens(row.id, self.tokens)
         self.job_id, self._call, self.phase = None, None, None
         self.on_free(row.id, row.model)
 
-    def _record_later(self, job_id: str, work: Coroutine[Any, Any, None], tokens: int) -> None:
-        """Record the attempt from the reactor's next turn on.
-
-        Started at once, its first steps (artifact writes handed to threads,
-        the final state's transaction) would run before the worker picks the
-        next job; started on the next turn they run after that job was sent.
-        """
-        self._recorded_tokens[job_id] = tokens
-        d: Deferred[None] = Deferred()
-        self._reactor.callLater(0, lambda: Deferred.fromCoroutine(work).chainDeferred(d))
-        self._recording.add(d)
-
-        def done(result: Any) -> None:
-            self._recording.discard(d)
-            self._recorded_tokens.pop(job_id, None)
-            if isinstance(result, Failure):
-                _log.failure("job {job_id}: recording the attempt failed", result, job_id=job_id)
-            if self.on_recorded is not None:
-                self.on_recorded()
-
-        d.addBoth(done)
-
-    @property
-    def recording(self) -> int:
-        """Attempts whose answer or error is still being written."""
-        return len(self._recording)
-
-    async def drain(self) -> None:
-        """Wait for what earlier attempts still record (at shutdown, before the store closes)."""
-        while self._recording:
-            await DeferredList(list(self._recording), consumeErrors=True)
-
-    def _write(self, attempt: _Attempt, transition: jobstate.Transition) -> Deferred[Any]:
+    def _write(self, attempt: Attempt, transition: jobstate.Transition) -> Deferred[Any]:
         """Start a state write without waiting; a lost compare-and-set aborts the call."""
         d = Deferred.fromCoroutine(self._jobs.apply(transition))
 
@@ -343,7 +276,7 @@ class JobRunner:
         attempt.writes.append(d)
         return d
 
-    async def _attempt(self, attempt: _Attempt) -> str | None:
+    async def _attempt(self, attempt: Attempt) -> str | None:
         job_id = attempt.job_id
         ready = await self._ready(job_id)
         if ready is None or ready.row.state != jobstate.JobState.QUEUED:
@@ -370,42 +303,9 @@ class JobRunner:
             self._write(attempt, jobstate.start_working(job_id, self._clock.seconds()))
             self.phase = "working"
             answer = await self._generate(row, request, ready.body)
-        self._record_later(job_id, self._record(attempt, row, answer), answer.tokens)
+        recorder = self.recorder
+        recorder.later(job_id, recorder.record(attempt, row, answer), answer.tokens)
         return row.model
-
-    async def _settle(self, attempt: _Attempt, error: TargetError, tokens: int) -> None:
-        """Record how the attempt ended; retried until written (or foreman stops).
-
-        A job is never left off the queue in ``loading``/``working``: if the
-        database cannot take the transition now, the worker waits and tries
-        again. On shutdown it gives up; start-up recovery settles the job.
-        """
-        job_id = attempt.job_id
-        with contextlib.suppress(Exception):  # a failed write is seen in the row below
-            await attempt.written()  # the row must show the states this attempt reached
-        failures = 0
-        while True:
-            try:
-                await self._after_error(job_id, error, tokens)
-                return
-            except Exception:
-                failures += 1
-                _log.failure(
-                    "job {job_id}: could not record {kind} (try {n}); retrying",
-                    job_id=job_id,
-                    kind=error.kind,
-                    n=failures,
-                )
-            if self._closing:
-                return
-            pause = deferLater(self._clock, RECORD_RETRY.delay(failures), lambda: None)
-            self._pauses.add(pause)
-            try:
-                await pause
-            except CancelledError:
-                return
-            finally:
-                self._pauses.discard(pause)
 
     def _known_loaded(self, row: JobRow, request: dict[str, Any]) -> bool:
         """No load to do: the endpoint needs none, or the model is known to be resident."""
@@ -526,96 +426,3 @@ class JobRunner:
                 await raw.abort()  # the attempt left no result: no stream file either
             raise
         return collector
-
-    async def _record(self, attempt: _Attempt, row: JobRow, collector: Collector) -> None:
-        """After the call, off the target's path: the result, its artifacts, then ``done``.
-
-        A malformed or cut answer ends like a fault in the call (the state
-        machine decides); anything else that goes wrong here ends in
-        ``internal_error``, retried: the answer is not trusted to disk.
-        """
-        try:
-            answer = collector.finish()
-        except TargetError as e:
-            self._recorded_tokens[row.id] = collector.tokens
-            if collector.raw is not None:
-                await collector.raw.abort()
-            await self._settle(attempt, e, collector.tokens)
-            return
-        self._recorded_tokens[row.id] = answer.tokens
-        try:
-            await self._record_answer(attempt, row, answer)
-        except Exception as e:
-            _log.failure("job {job_id}: recording the answer raised", job_id=row.id)
-            if answer.raw is not None:
-                await answer.raw.abort()
-            error = TargetError(INTERNAL, f"foreman failed to record the answer: {e!r}"[:500])
-            await self._settle(attempt, error, answer.tokens)
-
-    async def _record_answer(self, attempt: _Attempt, row: JobRow, answer: Answer) -> None:
-        raw = answer.raw
-        try:
-            fine = await attempt.written()
-        except Exception as e:  # the database refused a state write of the attempt
-            if raw is not None:
-                await raw.abort()
-            error = TargetError(INTERNAL, f"could not record the job's state: {e!r}"[:500])
-            await self._settle(attempt, error, answer.tokens)
-            return
-        try:
-            if not fine:  # cancelled while it ran
-                if raw is not None:
-                    await raw.abort()
-                return
-            if raw is not None:
-                await raw.finish()
-            listing = await self._artifacts.write(
-                row.id, {"response.json": answer.response}, () if raw is None else (raw,)
-            )
-        except OSError as e:
-            if raw is not None:
-                await raw.abort()
-            error = TargetError("artifact_write_error", f"could not write artifacts: {e}")
-            await self._settle(attempt, error, answer.tokens)
-            return
-        except BaseException:
-            if raw is not None:
-                await raw.abort()
-            raise
-        response_bytes = answer.response
-        inline = response_bytes.decode() if len(response_bytes) < RESULT_INLINE_LIMIT else None
-        listed = json.dumps([{"name": i["name"], "size": i["size"]} for i in listing])
-        done = await self._jobs.apply(
-            jobstate.succeed(row.id, self._clock.seconds(), answer.tokens, inline, listed)
-        )
-        if done is None:  # cancelled while the artifacts were written
-            await self._artifacts.discard([row.id])
-
-    async def _after_error(self, job_id: str, error: TargetError, tokens: int) -> None:
-        row = await self._jobs.get_row(job_id)
-        if row is None or row.terminal:
-            return  # cancelled (or deleted): the canceller recorded it
-        if row.state == jobstate.JobState.QUEUED:
-            # failed before the attempt began (reading the job): back to the queue, later
-            not_before = self._clock.seconds() + RECORD_RETRY.delay(1)
-            self._jobs.requeue(attrs.evolve(row, not_before=not_before))
-            return
-        transition = jobstate.attempt_failed(
-            job_id,
-            jobstate.JobState(row.state),
-            row.attempts,
-            self._max_attempts,
-            jobstate.ErrorKind(error.kind),
-            error.message,
-            self._clock.seconds(),
-            tokens,
-            status=error.status,
-        )
-        # JobService.apply logs the transition (a warning: it carries the error)
-        if transition.target is jobstate.JobState.QUEUED:
-            changed = await self._jobs.apply(transition)
-            if changed is not None:
-                self._jobs.requeue(changed)
-            return
-        await self._jobs.apply(transition)
-        await self._artifacts.discard([job_id])

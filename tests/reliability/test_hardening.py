@@ -285,7 +285,7 @@ async def test_a_fault_at_every_await_point_of_an_attempt_ends_in_a_state(tmp_pa
 
     monkey = pytest.MonkeyPatch()
     quick = Backoff.exponential(0.02, 0.1, 0.0)
-    monkey.setattr("foreman.jobs.runner.RECORD_RETRY", quick)
+    monkey.setattr("foreman.jobs.recorder.RECORD_RETRY", quick)
     monkey.setattr("foreman.work.worker.RECORD_RETRY", quick)
     stack = await start_stack(tmp_path, max_attempts=3)
     try:
@@ -325,7 +325,7 @@ async def test_a_fault_while_the_request_is_already_out_aborts_it_and_ends_in_a_
     from tests.harness import start_stack
 
     monkey = pytest.MonkeyPatch()
-    monkey.setattr("foreman.jobs.runner.RECORD_RETRY", Backoff.exponential(0.02, 0.1, 0.0))
+    monkey.setattr("foreman.jobs.recorder.RECORD_RETRY", Backoff.exponential(0.02, 0.1, 0.0))
     monkey.setattr("foreman.core.jobstate.job_retry_delay", lambda n, rng=None: 0.0)
     sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.0)
     stack = await start_stack(tmp_path, sim=sim, max_attempts=3)
