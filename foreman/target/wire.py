@@ -112,7 +112,11 @@ def send_now(transport: Any) -> None:
     of the gap between two dispatches. Plain TCP transports only (``doWrite``);
     one that is closing is left to the reactor.
     """
-    if _plain_tcp(transport) and not transport.disconnecting:
+    if (
+        _plain_tcp(transport)
+        and not transport.disconnecting
+        and (transport.dataBuffer or transport._tempDataBuffer)
+    ):
         transport.doWrite()
 
 

@@ -221,17 +221,13 @@ class LeanRequest:
         if self.startedWriting:
             if not data or self._no_body:
                 return
-            if self._chunked:  # a stream: each chunk leaves as it comes
-                write_now(transport, b"%x\r\n%s\r\n" % (len(data), data))
-            else:
-                transport.write(data)
+            # each piece leaves as it comes (a stream's chunks, a long body's reads)
+            write_now(transport, b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
             return
         parts = self._head()
         if data and not self._no_body:
-            parts += (b"%x\r\n%s\r\n" % (len(data), data),) if self._chunked else (data,)
-        transport.writeSequence(parts)
-        if self._chunked:
-            send_now(transport)
+            parts.append(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+        write_now(transport, b"".join(parts))
 
     def finish(self) -> None:
         if self.finished:
