@@ -309,8 +309,8 @@ class JobRunner:
 
     def _known_loaded(self, row: JobRow, request: dict[str, Any]) -> bool:
         """No load to do: the endpoint needs none, or the model is known to be resident."""
-        if preload_request(row.endpoint, request) is None:
-            return True
+        if row.endpoint not in _CHAT_LIKE and row.endpoint not in _GENERATE_LIKE:
+            return True  # what ``preload_request`` has no load for (embeddings)
         return self.knows_resident is not None and self.knows_resident(row.model)
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:

@@ -123,6 +123,8 @@ class TargetCall:
         self._reader: _Reader | None = None
         self._done: Deferred[None] | None = None
         self._timer: Any = None
+        self._seconds = reactor.seconds
+        self._heard_at = 0.0
         self._abort_reason: TargetError | None = None
         self._error_body: bytearray | None = None
         self.status: int | None = None
@@ -180,7 +182,7 @@ class TargetCall:
             self._reader.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _data(self, data: bytes) -> None:
-        self._arm()
+        self._heard_at = self._seconds()  # the idle timer reads it when it fires
         if self._error_body is not None:
             if len(self._error_body) < _ERROR_BODY_LIMIT:
                 self._error_body += data
@@ -204,9 +206,8 @@ class TargetCall:
             done.errback(TargetError(RESET, f"target response failed: {reason.getErrorMessage()}"))
 
     def _arm(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle_timeout)
-        else:
+        self._heard_at = self._seconds()
+        if self._timer is None or not self._timer.active():
             self._timer = self._reactor.callLater(self._idle_timeout, self._idle)
 
     def _disarm(self) -> None:
@@ -215,6 +216,12 @@ class TargetCall:
         self._timer = None
 
     def _idle(self) -> None:
+        """Nothing came for the limit: abort. A byte only stamps ``_heard_at``; the
+        timer, when it fires, sleeps again for what is left (no timer work per chunk)."""
+        left = self._heard_at + self._idle_timeout - self._seconds()
+        if left > 0:
+            self._timer = self._reactor.callLater(left, self._idle)
+            return
         self._timer = None
         self.abort(TargetError(TIMEOUT, f"target sent nothing for {self._idle_timeout:g} s"))
 

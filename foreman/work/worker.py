@@ -543,8 +543,6 @@ class Worker:
         item = launch.item
         self.state = "working"
         self.current = {"kind": "job", "id": item.key, "model": item.model}
-        self._changed()
-
         self._job = launch
 
         def ended(model: str | None) -> bool:
@@ -568,6 +566,8 @@ class Worker:
             return failure
 
         running = Deferred.fromCoroutine(self._runner.run(item.key))
+        if self._job is launch:  # still running: observers hear it started
+            self._changed()
         self._prefetch_next()
         running.addCallbacks(ended, failed).chainDeferred(launch.done)
 
