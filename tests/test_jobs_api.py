@@ -392,3 +392,97 @@ async def test_queued_jobs_hand_the_target_on_and_each_records_its_own_answer(
         assert stack.daemon.runner.job_id is None
     finally:
         await stack.stop()
+
+
+async def _event_kinds(stack: Any, job_id: str) -> list[str]:
+    """The event types of a finished job, from its SSE event stream."""
+    body = (await stack.get(f"/jobs/{job_id}/events")).body.decode()
+    return [line[len("event: ") :] for line in body.splitlines() if line.startswith("event: ")]
+
+
+def _record_applies(stack: Any) -> list[tuple[float, str, str]]:
+    """Every state write the job service starts: (time, job id, state it moves to)."""
+    jobs = stack.daemon.jobs
+    real_apply, seen = jobs.apply, []
+
+    def apply(transition: Any) -> Any:
+        seen.append((reactor.seconds(), transition.job_id, transition.target.value))
+        return real_apply(transition)
+
+    jobs.apply = apply
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resident_jobs_state_writes_start_after_the_target_took_its_request(
+    tmp_path: Path,
+) -> None:
+    """ADR 0022: a job whose model is resident is sent first; its state writes and the
+    recording wait ``after_dispatch``, yet the job moves queued → loading → working → done
+    in order, ``started_at`` is the dispatch, and the answer is its own."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=400.0, load_time=0.0)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        warm = await stack.submit(chat("llama3.2", "warm"))
+        assert (await stack.wait_job(warm["id"]))["state"] == "done"
+        stack.daemon.runner.recorder.after_dispatch = 0.3  # longer than the 20 ms answer
+        seen = _record_applies(stack)
+        job = await stack.submit(chat("llama3.2", "late writes"))
+        end = await stack.wait_job(job["id"])
+        assert end["state"] == "done", end
+        assert end["result"]["message"]["content"] == reply_text("llama3.2", "late writes", 8)
+        sent = [r for r in sim.requests if r.json and r.json.get("messages")]
+        arrived = sent[-1].received_at
+        assert sent[-1].json["messages"][0]["content"] == "late writes"
+        writes = [(at, state) for at, job_id, state in seen if job_id == job["id"]]
+        assert [state for _, state in writes] == ["loading", "working", "done"]
+        # nothing was written for it before the target had its request
+        assert all(at >= arrived for at, _ in writes)
+        assert writes[0][0] - arrived >= 0.2
+        kinds = await _event_kinds(stack, job["id"])
+        assert kinds.index("job.loading") < kinds.index("job.working") < kinds.index("job.done")
+        started = end["started_at"]
+        assert started is not None
+        from datetime import datetime
+
+        assert datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() <= arrived
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_cancelled_before_its_late_state_writes_stays_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Cancelled after its request left but before its state writes started: the call is
+    cut, the late writes find the job gone (compare-and-set), and it ends cancelled."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=20.0, load_time=0.0)
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        warm = await stack.submit(chat("llama3.2", "warm"))
+        assert (await stack.wait_job(warm["id"]))["state"] == "done"
+        stack.daemon.runner.recorder.after_dispatch = 1.0
+        seen = _record_applies(stack)
+        disconnects = len(sim.disconnects)
+        job = await stack.submit(chat("llama3.2", "cut short", options={"num_predict": 40}))
+        await until(lambda: stack.daemon.runner.job_id == job["id"])
+        assert not [s for s in seen if s[1] == job["id"]]  # its writes are still to come
+        cancelled = await stack.post(f"/jobs/{job['id']}/cancel")
+        assert cancelled.status == 200
+        assert cancelled.json()["state"] == "cancelled"
+        await until(lambda: len(sim.disconnects) == disconnects + 1)
+        await until(lambda: len([s for s in seen if s[1] == job["id"]]) >= 2, timeout=5)
+        await until(lambda: stack.daemon.runner.recorder.recording == 0, timeout=5)
+        final = (await stack.get(f"/jobs/{job['id']}")).json()
+        assert final["state"] == "cancelled"
+        assert final.get("result") is None
+        kinds = await _event_kinds(stack, job["id"])
+        assert "job.cancelled" in kinds
+        assert "job.loading" not in kinds and "job.done" not in kinds
+        await until(lambda: stack.daemon.worker.state == "idle")
+    finally:
+        await stack.stop()

@@ -263,18 +263,39 @@ class JobRunner:
         self.job_id, self._call, self.phase = None, None, None
         self.on_free(row.id, row.model)
 
-    def _write(self, attempt: Attempt, transition: jobstate.Transition) -> Deferred[Any]:
-        """Start a state write without waiting; a lost compare-and-set aborts the call."""
-        d = Deferred.fromCoroutine(self._jobs.apply(transition))
+    def _write(
+        self, attempt: Attempt, *transitions: jobstate.Transition, after: float = 0.0
+    ) -> None:
+        """Start state writes, in order, without waiting; a lost compare-and-set aborts the call.
+
+        With ``after`` they start that many seconds later (the recorder's
+        ``after_dispatch``): the attempt still waits for them before it records its end.
+        """
+        job_id = attempt.job_id
 
         def written(row: JobRow | None) -> JobRow | None:
-            if row is None and self.job_id == attempt.job_id:
+            if row is None and self.job_id == job_id:
                 self.abort(TargetError(ABORTED, "the job was cancelled"))
             return row
 
-        d.addCallback(written)
-        attempt.writes.append(d)
-        return d
+        pending: list[Deferred[Any]] = []
+        for _ in transitions:
+            d: Deferred[Any] = Deferred()
+            d.addCallback(written)
+            attempt.writes.append(d)
+            pending.append(d)
+
+        def start() -> None:
+            for transition, d in zip(transitions, pending, strict=True):
+                try:
+                    Deferred.fromCoroutine(self._jobs.apply(transition)).chainDeferred(d)
+                except Exception:
+                    d.errback()
+
+        if after > 0:
+            self._reactor.callLater(after, start)
+        else:
+            start()
 
     async def _attempt(self, attempt: Attempt) -> str | None:
         job_id = attempt.job_id
@@ -283,13 +304,18 @@ class JobRunner:
             return None
         row, request = ready.row, ready.request
         if self._known_loaded(row, request):
-            # the request leaves first; the two state writes follow while the
-            # target works (their compare-and-set still aborts a cancelled job)
+            # the request leaves first; the two state writes follow once the
+            # target has taken it (ADR 0022); their compare-and-set still
+            # aborts a cancelled job
             generating = Deferred.fromCoroutine(self._generate(row, request, ready.body))
             try:
                 now = self._clock.seconds()
-                self._write(attempt, jobstate.start_loading(job_id, now))
-                self._write(attempt, jobstate.start_working(job_id, now))
+                self._write(
+                    attempt,
+                    jobstate.start_loading(job_id, now),
+                    jobstate.start_working(job_id, now),
+                    after=self.recorder.after_dispatch,
+                )
             except BaseException:  # the call is out: it must not outlive the attempt
                 self.abort()
                 with contextlib.suppress(Exception):

@@ -335,11 +335,11 @@ async def test_a_fault_while_the_request_is_already_out_aborts_it_and_ends_in_a_
         runner: Any = stack.daemon.runner
         real_write, faults = runner._write, [1]
 
-        def write_once_broken(attempt: Any, transition: Any) -> Any:
+        def write_once_broken(attempt: Any, *transitions: Any, after: float = 0.0) -> Any:
             if faults:
                 faults.pop()
                 raise Injected("injected while starting the state writes")
-            return real_write(attempt, transition)
+            return real_write(attempt, *transitions, after=after)
 
         monkey.setattr(runner, "_write", write_once_broken)
         disconnects = len(sim.disconnects)
