@@ -44,6 +44,7 @@ class _Slot:
     def __init__(self, wait_ms: float) -> None:
         self.queue_wait_ms = wait_ms
         self.target_wait_ms = 0.0
+        self.waiting = False
         self.released = 0
         self.outcomes: list[tuple[int, float | None]] = []
         self.on_lost: Any = None
@@ -489,5 +490,47 @@ async def test_status_reports_what_the_monitor_sees(tmp_path: Path) -> None:
             assert target["state"] == "up"
             assert target["loaded_models"] == ["llama3.2:latest"]
             assert target["version"] and target["last_seen"].endswith("Z")
+    finally:
+        await http.close()
+
+
+class _OrderSlot(_Slot):
+    """A slot that notes, at its release, whether the client's answer had started out."""
+
+    def __init__(self, waiting: bool) -> None:
+        super().__init__(0.0)
+        self.waiting = waiting
+        self.answered_first: bool | None = None
+
+    def release(self) -> None:
+        exchange = self.on_lost.__self__  # the relay registered its bound method
+        self.answered_first = bool(exchange.request.startedWriting)
+        super().release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_answer_goes_out_before_the_release_only_when_nothing_waits(
+    tmp_path: Path,
+) -> None:
+    """ADR 0021 releases the worker before a small answer's bytes so the next request
+    leaves first; with nothing waiting there is no next request, and the client's bytes
+    go first (the worker's bookkeeping follows them)."""
+    sim = OllamaSimulator(load_time=0.0)
+    http = Http()
+    try:
+        async with running(tmp_path, sim=sim) as (daemon, _):
+            for waiting in (False, True):
+                slot = _OrderSlot(waiting)
+                admission: Any = RecordingAdmission()
+                admission.admit = lambda call, slot=slot: succeed(slot)
+                daemon.proxy.admission = admission  # type: ignore[union-attr]
+                response, body = await http.request(
+                    "POST", daemon.url + "/api/chat", json.dumps(CHAT).encode()
+                )
+                assert response.code == 200
+                assert _json(body)["done"] is True
+                assert slot.released == 1
+                assert slot.outcomes and slot.outcomes[0][0] == 200
+                assert slot.answered_first is (not waiting)
     finally:
         await http.close()

@@ -563,16 +563,21 @@ class _Exchange(Protocol):
         complete = isinstance(reason.value, _COMPLETE)  # Failure.check walks names: slow
         if complete:
             self._report()
-        self._release()
-        if self.client_gone:
-            return
-        request = self.request
         response, self._response = self._response, None
+        slot = self.slot
+        if response is None or self.client_gone or slot is None or slot.waiting:
+            self._release()  # the next request leaves before this client's bytes (ADR 0021)
+            if self.client_gone:
+                return
+        request = self.request
         if response is not None:  # a small body, held until now
             held, self._held = self._held or [], None
-            self._answer_head(response)
-            if held:
-                request.write(b"".join(held) if len(held) > 1 else held[0])
+            try:
+                self._answer_head(response)
+                if held:
+                    request.write(b"".join(held) if len(held) > 1 else held[0])
+            finally:
+                self._release()  # nothing waits: the client first, then the worker
         if self.producing:
             request.unregisterProducer()
         if complete:

@@ -49,6 +49,12 @@ class Slot(Protocol):
 
     def outcome(self, code: int, load_seconds: float | None) -> None: ...
 
+    @property
+    def waiting(self) -> bool:
+        """Other requests wait for the target: the holder releases before its client's last
+        bytes go out (ADR 0021); with none waiting, the answer goes out first."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -71,6 +77,7 @@ class _FreeSlot:
 
     queue_wait_ms = 0.0
     target_wait_ms = 0.0
+    waiting = False
 
     def __init__(self) -> None:
         self.on_lost: Callable[[str], None] | None = None

@@ -90,6 +90,7 @@ class _WorkerSlot:
 
     __slots__ = (
         "_free",
+        "_queued",
         "_released",
         "code",
         "load_seconds",
@@ -104,17 +105,23 @@ class _WorkerSlot:
         target_wait_ms: float,
         released: Deferred[None],
         free: Callable[[_WorkerSlot], None],
+        queued: Callable[[], int],
     ) -> None:
         self.queue_wait_ms = queue_wait_ms
         self.target_wait_ms = target_wait_ms
         self._released = released
         self._free = free
+        self._queued = queued
         self.code: int | None = None
         self.load_seconds: float | None = None
         self.on_lost: Callable[[str], None] | None = None
 
     def outcome(self, code: int, load_seconds: float | None) -> None:
         self.code, self.load_seconds = code, load_seconds
+
+    @property
+    def waiting(self) -> bool:
+        return self._queued() > 0
 
     def release(self) -> None:
         if not self._released.called:
@@ -376,6 +383,10 @@ class Worker:
         else:
             self._changed()
 
+    def _queued(self) -> int:
+        """Requests and jobs waiting for the target (a released slot's ``waiting``)."""
+        return len(self._queue.scheduler)
+
     def _storage_refuses(self, item: Waiting) -> bool:
         """A job waits while the database refuses writes (an attempt would be lost)."""
         storage = self._storage
@@ -523,7 +534,9 @@ class Worker:
         if self._last_wait is not None:  # the part of its wait spent on a down target
             began, ended = self._last_wait
             target_wait = max(0.0, ended - max(began, item.enqueued_at))
-        slot = _WorkerSlot(waited * 1000.0, target_wait * 1000.0, released, self._target_free)
+        slot = _WorkerSlot(
+            waited * 1000.0, target_wait * 1000.0, released, self._target_free, self._queued
+        )
         self._slot = slot
         self._running = launch
 

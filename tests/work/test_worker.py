@@ -286,6 +286,21 @@ def test_admission_gets_a_slot_and_the_worker_waits_for_its_release(h: Harness) 
     assert h.runner.started == ["j1"]
 
 
+def test_a_slot_says_whether_others_wait_for_the_target(h: Harness) -> None:
+    """The relay releases before its client's last bytes only when someone waits."""
+    h.worker.start()
+    first = result_of(h.admit("m"))
+    assert first.waiting is False
+    second = h.admit("m")
+    assert first.waiting is True
+    h.add("j1", "m")
+    first.release()
+    slot = result_of(second)
+    assert slot.waiting is True  # the job still waits
+    h.queue.remove_job("j1")
+    assert slot.waiting is False
+
+
 def test_only_one_admission_at_a_time(h: Harness) -> None:
     h.worker.start()
     first = h.admit("m")
