@@ -138,6 +138,12 @@ def serve_gated(target: str, data_dir: str) -> None:
             self._changed()
 
     Worker._hand_on = hand_on_interactive  # type: ignore[method-assign]
+
+    def queued_interactive(self: Worker) -> int:
+        """What waits for the target under the gate (a slot's ``waiting``, ADR 0023)."""
+        return int(self._queue.interactive_waiting)
+
+    Worker._queued = queued_interactive  # type: ignore[method-assign]
     config = Config(listen="tcp:0:interface=127.0.0.1", target_url=target, data_dir=Path(data_dir))
     check_data_dir(config)
     open_sync(config.db_path).close()
