@@ -498,13 +498,24 @@ class _OrderSlot(_Slot):
     """A slot that notes, at its release, whether the client's answer had started out."""
 
     def __init__(self, waiting: bool) -> None:
+        self.exchange: Any = None
         super().__init__(0.0)
         self.waiting = waiting
         self.answered_first: bool | None = None
 
+    @property  # type: ignore[override]
+    def on_lost(self) -> Any:
+        return self._on_lost
+
+    @on_lost.setter
+    def on_lost(self, value: Any) -> None:
+        self._on_lost = value
+        if value is not None:
+            self.exchange = value.__self__  # the relay registers its bound method
+
     def release(self) -> None:
-        exchange = self.on_lost.__self__  # the relay registered its bound method
-        self.answered_first = bool(exchange.request.startedWriting)
+        self.answered_first = bool(self.exchange.request.startedWriting)
+        assert self.on_lost is None  # dropped first: no cycle left behind
         super().release()
 
 

@@ -85,6 +85,10 @@ class _Reader(Protocol):
         self.call._body_ended(reason)
 
 
+def _ignore(data: bytes) -> None:
+    """``on_data`` of a call that has ended."""
+
+
 def _message_of(body: bytes, status: int) -> str:
     try:
         parsed = json.loads(body)
@@ -160,6 +164,11 @@ class TargetCall:
             await self._done
         finally:
             self._disarm()
+            # both point back at this call (the reader, and ``on_data``: the
+            # runner's closure over it); dropped, the call is freed by reference
+            # counting when it ends, not by the cyclic garbage collector
+            self._reader = None
+            self._on_data = _ignore
         if self._error_body is not None:
             message = _message_of(bytes(self._error_body), response.code)
             kind = HTTP_4XX if response.code < 500 else HTTP_5XX

@@ -377,6 +377,11 @@ class _Exchange(Protocol):
     def _release(self) -> None:
         slot, self.slot = self.slot, None
         if slot is not None:
+            # ``on_lost`` (this exchange's bound method) is the one reference back
+            # from the slot: dropped, the exchange and its request are freed by
+            # reference counting at their end instead of waiting for the cyclic
+            # garbage collector (a collection every ~26 requests, 0.1-0.8 ms each)
+            slot.on_lost = None
             slot.release()
 
     def _report(self) -> None:
