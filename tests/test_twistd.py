@@ -42,6 +42,24 @@ def test_serves_health_and_status_then_exits_cleanly_on_sigterm(tmp_path: Path) 
     conn.close()
 
 
+def test_a_second_stop_signal_during_shutdown_is_logged_not_raised(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM and a user's Ctrl-C, or one signal sent twice: the shutdown
+    runs once, exits 0, and logs no traceback."""
+    proc = spawn(tmp_path / "data", env={"FOREMAN_TARGET_URL": "http://127.0.0.1:9"})
+    try:
+        wait_ready(proc)
+        proc.signal(signal.SIGTERM)
+        proc.signal(signal.SIGINT)  # two kinds: pending signals of one kind merge
+        assert proc.popen.wait(5) == 0
+    finally:
+        proc.kill()
+    log = proc.log()
+    assert log.count("shutting down") == 2, log
+    assert "again: already shutting down" in log
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log
+    assert "foreman stopped" in log
+
+
 def _run_bad(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     full_env = {"PATH": "/usr/bin:/bin", "FOREMAN_DATA_DIR": str(tmp_path / "d"), **env}
     return subprocess.run(

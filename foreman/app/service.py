@@ -59,6 +59,7 @@ class ForemanService(Service):
         self.daemon: Daemon | None = None
         self._handle_signals = handle_signals
         self._starting: Deferred[Any] | None = None
+        self._signalled = False  # a stop signal came: the shutdown is under way
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)  # type: ignore[no-untyped-call]
@@ -98,8 +99,19 @@ class ForemanService(Service):
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        _log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
-        self.reactor.callFromThread(self.reactor.stop)
+        name = signal.Signals(signum).name
+        if self._signalled:
+            # a second signal (a supervisor and a user, Ctrl-C twice) while the
+            # shutdown runs: stopping the reactor again would raise
+            _log.info("received {signal} again: already shutting down", signal=name)
+            return
+        self._signalled = True
+        _log.info("received {signal}, shutting down", signal=name)
+        self.reactor.callFromThread(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        with suppress(ReactorNotRunning):  # stopped meanwhile by another way (twistd's own)
+            self.reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
