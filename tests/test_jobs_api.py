@@ -340,17 +340,29 @@ async def test_tokens_on_both_sides(tmp_path: Path) -> None:
         await stack.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_job_cancelled_while_its_row_is_read_ahead_never_runs(tmp_path: Path) -> None:
-    """The worker reads the next jobs' rows while one runs; a cancel still wins."""
+async def _six_queued_then_started(
+    tmp_path: Path, token_rate: float
+) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """A stack whose worker was stopped while jobs q0..q5 were queued, then started."""
     from foreman.testing import OllamaSimulator
 
-    sim = OllamaSimulator(models=("llama3.2",), token_rate=50.0, load_time=0.0)
+    sim = OllamaSimulator(models=("llama3.2",), token_rate=token_rate, load_time=0.0)
     stack = await start_stack(tmp_path, sim=sim)
     try:
         await stack.daemon.worker.stop(0)
         jobs = [await stack.submit(chat("llama3.2", f"q{n}")) for n in range(6)]
         stack.daemon.worker.start()
+    except BaseException:
+        await stack.stop()
+        raise
+    return stack, sim, jobs
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_cancelled_while_its_row_is_read_ahead_never_runs(tmp_path: Path) -> None:
+    """The worker reads the next jobs' rows while one runs; a cancel still wins."""
+    stack, sim, jobs = await _six_queued_then_started(tmp_path, token_rate=50.0)
+    try:
         runner, victim = stack.daemon.runner, jobs[3]
         await until(lambda: runner.has_ahead(victim["id"]))  # its row is read, it waits
         assert (await stack.post(f"/jobs/{victim['id']}/cancel")).json()["state"] == "cancelled"
@@ -369,14 +381,8 @@ async def test_queued_jobs_hand_the_target_on_and_each_records_its_own_answer(
 ) -> None:
     """Each call's last byte starts the next job before the attempt is recorded (ADR 0021);
     every job still ends with its own result, tokens and stream."""
-    from foreman.testing import OllamaSimulator
-
-    sim = OllamaSimulator(models=("llama3.2",), token_rate=400.0, load_time=0.0)
-    stack = await start_stack(tmp_path, sim=sim)
+    stack, _, jobs = await _six_queued_then_started(tmp_path, token_rate=400.0)
     try:
-        await stack.daemon.worker.stop(0)
-        jobs = [await stack.submit(chat("llama3.2", f"q{n}")) for n in range(6)]
-        stack.daemon.worker.start()
         ends = [await stack.wait_job(j["id"]) for j in jobs]
         for n, end in enumerate(ends):
             assert end["state"] == "done", end

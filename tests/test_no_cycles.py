@@ -25,8 +25,21 @@ from tests.harness import chat, start_stack
 _OURS = (_Exchange, _WorkerSlot, TargetCall, _Reader)
 
 
-def _ours_in(garbage: list[Any]) -> list[str]:
-    return sorted(type(o).__qualname__ for o in garbage if isinstance(o, _OURS))
+def _ours_in(garbage: list[Any], stack: Any) -> list[str]:
+    """This stack's exchanges, slots and calls among ``garbage`` (not another test's)."""
+    proxy, worker = stack.daemon.proxy, stack.daemon.worker
+    upstream = stack.daemon.runner._upstream
+
+    def mine(o: Any) -> bool:
+        if isinstance(o, _Exchange):
+            return o.proxy is proxy
+        if isinstance(o, _WorkerSlot):
+            return getattr(o._free, "__self__", None) is worker
+        if isinstance(o, TargetCall):
+            return o._upstream is upstream
+        return isinstance(o, _Reader) and o.call._upstream is upstream
+
+    return sorted(type(o).__qualname__ for o in garbage if isinstance(o, _OURS) and mine(o))
 
 
 @pytest_twisted.ensureDeferred
@@ -48,7 +61,7 @@ async def test_relayed_requests_and_job_attempts_leave_no_cyclic_garbage(tmp_pat
                 job = await stack.submit(chat("llama3.2", f"job {n}"))
                 assert (await stack.wait_job(job["id"]))["state"] == "done"
             gc.collect()
-            found = _ours_in(gc.garbage)
+            found = _ours_in(gc.garbage, stack)
         finally:
             gc.set_debug(0)
             gc.garbage.clear()

@@ -41,7 +41,7 @@ from foreman.target.upstream import Upstream
 if TYPE_CHECKING:
     from foreman.jobs.service import JobService
 
-__all__ = ["JobRunner", "job_wants_stream", "preload_request", "wire_request"]
+__all__ = ["JobRunner", "has_preload", "job_wants_stream", "preload_request", "wire_request"]
 
 _log = Logger()
 
@@ -83,24 +83,28 @@ def wire_request(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def has_preload(endpoint: str) -> bool:
+    """Whether ``preload_request`` has an explicit load for the endpoint (not embeddings)."""
+    return endpoint in _CHAT_LIKE or endpoint in _GENERATE_LIKE
+
+
 def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """Ollama's explicit load for the job's model (no prompt), or None when there is none.
 
     Native requests keep their ``keep_alive`` and ``options`` so the load uses the
     same allocation the generation will (a different ``num_ctx`` would reload).
     """
+    if not has_preload(endpoint):
+        return None  # embeddings: the request itself loads the model
     model = request["model"]
-    native = endpoint.startswith("/api/")
     extra: dict[str, Any] = {}
-    if native:
+    if endpoint.startswith("/api/"):  # native
         for key in ("keep_alive", "options"):
             if key in request:
                 extra[key] = request[key]
     if endpoint in _CHAT_LIKE:
         return "/api/chat", {"model": model, "messages": [], "stream": False, **extra}
-    if endpoint in _GENERATE_LIKE:
-        return "/api/generate", {"model": model, "stream": False, **extra}
-    return None  # embeddings: the request itself loads the model
+    return "/api/generate", {"model": model, "stream": False, **extra}
 
 
 @frozen
@@ -335,8 +339,8 @@ class JobRunner:
 
     def _known_loaded(self, row: JobRow, request: dict[str, Any]) -> bool:
         """No load to do: the endpoint needs none, or the model is known to be resident."""
-        if row.endpoint not in _CHAT_LIKE and row.endpoint not in _GENERATE_LIKE:
-            return True  # what ``preload_request`` has no load for (embeddings)
+        if not has_preload(row.endpoint):
+            return True  # embeddings: the request itself loads the model
         return self.knows_resident is not None and self.knows_resident(row.model)
 
     async def _load(self, row: JobRow, request: dict[str, Any]) -> None:
@@ -421,7 +425,7 @@ class JobRunner:
                 self._call = None
 
     async def _generate(self, row: JobRow, request: dict[str, Any], body: bytes) -> Collector:
-        """The target call of the attempt; what it answered, assembled later by ``_record``."""
+        """The target call of the attempt; what it answered, assembled later by the recorder."""
         endpoint = row.endpoint
         # the stream.ndjson artifact, written while it arrives
         raw = (

@@ -369,7 +369,7 @@ class Worker:
             or self._stopping
             or self.paused
             or self._monitor.state != "up"
-            or not len(self._queue.scheduler)
+            or not self._queued()
         ):
             self._changed()
             return
@@ -559,11 +559,7 @@ class Worker:
         self._job = launch
 
         def ended(model: str | None) -> bool:
-            if self._job is launch:  # not handed on early (``job_freed``)
-                self._job = None
-                self.current = None
-                self.state = "idle"
-                self._changed()
+            self._job_over(launch)
             if model is not None:
                 if not launch.freed:
                     self._served(model)
@@ -571,11 +567,7 @@ class Worker:
             return False
 
         def failed(failure: Any) -> Any:
-            if self._job is launch:
-                self._job = None
-                self.current = None
-                self.state = "idle"
-                self._changed()
+            self._job_over(launch)
             return failure
 
         running = Deferred.fromCoroutine(self._runner.run(item.key))
@@ -583,6 +575,14 @@ class Worker:
             self._changed()
         self._prefetch_next()
         running.addCallbacks(ended, failed).chainDeferred(launch.done)
+
+    def _job_over(self, launch: _Launch) -> None:
+        """A job's attempt returned: idle, unless ``job_freed`` handed the target on already."""
+        if self._job is launch:
+            self._job = None
+            self.current = None
+            self.state = "idle"
+            self._changed()
 
     def _prefetch_next(self) -> None:
         """While the target works, read the rows of the jobs most likely to run next.
