@@ -392,8 +392,10 @@ async def test_queued_jobs_hand_the_target_on_and_each_records_its_own_answer(
             stream = await stack.get(f"/jobs/{end['id']}/artifacts/stream.ndjson")
             lines = [json.loads(line) for line in stream.body.splitlines()]
             assert "".join(c["message"]["content"] for c in lines) == expected
-        # the first job loaded the model; each later one was started by the one before
+        # the first job loaded the model; each later one was started by the one before,
+        # its request formatted while the one before ran and sent as one write (ADR 0024)
         assert stack.daemon.worker.early >= len(jobs) - 2
+        assert stack.daemon.runner.staged_sends == len(jobs) - 1
         assert stack.daemon.worker.state == "idle"
         assert stack.daemon.runner.job_id is None
     finally:
@@ -490,5 +492,91 @@ async def test_a_job_cancelled_before_its_late_state_writes_stays_cancelled(
         assert "job.cancelled" in kinds
         assert "job.loading" not in kinds and "job.done" not in kinds
         await until(lambda: stack.daemon.worker.state == "idle")
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_staged_request_is_the_same_request_with_the_targets_token(
+    tmp_path: Path,
+) -> None:
+    """ADR 0024: the next job's request is formatted ahead; what the target gets from a
+    staged send equals what it gets from an ordinary one: path, token, forced stream."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(
+        models=("llama3.2",), token_rate=200.0, load_time=0.0, required_token="target-secret"
+    )
+    stack = await start_stack(tmp_path, sim=sim, target_token="target-secret")
+    try:
+        await stack.daemon.worker.stop(0)
+        jobs = [await stack.submit(chat("llama3.2", f"s{n}", stream=False)) for n in range(4)]
+        stack.daemon.worker.start()
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        assert [e["state"] for e in ends] == ["done"] * 4, ends
+        for n, end in enumerate(ends):
+            assert end["result"]["message"]["content"] == reply_text("llama3.2", f"s{n}", 8)
+        assert stack.daemon.runner.staged_sends == 3  # all but the first, which loaded
+        chats = [r for r in sim.requests if r.path == "/api/chat" and r.json.get("messages")]
+        assert [c.json["messages"][0]["content"] for c in chats] == ["s0", "s1", "s2", "s3"]
+        # the first went the ordinary way, the others staged: one shape for all
+        shapes = {
+            (c.method, c.authorization, c.headers.get("content-type"), c.json["stream"])
+            for c in chats
+        }
+        assert shapes == {("POST", "Bearer target-secret", "application/json", True)}
+        assert {c.headers.get("content-length") for c in chats} == {str(len(c.body)) for c in chats}
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_cancelled_after_its_request_was_staged_never_reaches_the_target(
+    tmp_path: Path,
+) -> None:
+    stack, sim, jobs = await _six_queued_then_started(tmp_path, token_rate=50.0)
+    try:
+        runner, victim = stack.daemon.runner, jobs[2]
+        await until(lambda: runner.staged_job == victim["id"])  # q1 runs, q2 is formatted
+        assert (await stack.post(f"/jobs/{victim['id']}/cancel")).json()["state"] == "cancelled"
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        assert [e["state"] for e in ends] == ["done"] * 2 + ["cancelled"] + ["done"] * 3
+        chats = [r.json for r in sim.requests if r.path == "/api/chat" and r.json.get("messages")]
+        assert [c["messages"][0]["content"] for c in chats] == ["q0", "q1", "q3", "q4", "q5"]
+        assert runner.staged_job is None
+    finally:
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_staged_request_never_goes_before_the_load_its_model_needs(
+    tmp_path: Path,
+) -> None:
+    """The next job is staged while another model is resident: at its start the load
+    comes first, then its own request, formatted again the ordinary way."""
+    from foreman.testing import OllamaSimulator
+
+    sim = OllamaSimulator(
+        models=("llama3.2", "qwen3"), token_rate=100.0, load_time=0.05, max_loaded=1
+    )
+    stack = await start_stack(tmp_path, sim=sim)
+    try:
+        await stack.daemon.worker.stop(0)
+        first = await stack.submit(chat("llama3.2", "first"))
+        second = await stack.submit(chat("qwen3", "second"))
+        runner = stack.daemon.runner
+        stack.daemon.worker.start()
+        await until(lambda: runner.staged_job == second["id"])
+        ends = [await stack.wait_job(first["id"]), await stack.wait_job(second["id"])]
+        assert [e["state"] for e in ends] == ["done", "done"], ends
+        assert ends[1]["result"]["message"]["content"] == reply_text("qwen3", "second", 8)
+        asked = [
+            (r.json["model"], bool(r.json.get("messages")))
+            for r in sim.requests
+            if r.path == "/api/chat"
+        ]
+        # each model's explicit load (no messages) before its own request
+        assert asked == [("llama3.2", False), ("llama3.2", True), ("qwen3", False), ("qwen3", True)]
+        assert runner.staged_sends == 0
     finally:
         await stack.stop()

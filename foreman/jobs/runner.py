@@ -18,6 +18,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 from foreman.core import jobstate
 from foreman.core.records import JobRow
@@ -34,9 +35,11 @@ from foreman.target.call import (
     UNREACHABLE,
     TargetCall,
     TargetError,
+    prepare_call,
 )
 from foreman.target.readbody import fetch
 from foreman.target.upstream import Upstream
+from foreman.target.wirepool import Prepared
 
 if TYPE_CHECKING:
     from foreman.jobs.service import JobService
@@ -123,6 +126,22 @@ def _ready(row: JobRow | None) -> _Ready | None:
     return _Ready(row, request, _encode(wire_request(row.endpoint, request)))
 
 
+@frozen
+class _Staged:
+    """The request of the job likely to run next, formatted while the target works."""
+
+    ready: _Ready
+    prepared: Prepared
+
+
+@frozen
+class _Sent:
+    """A staged request that went out at the start of its attempt."""
+
+    ready: _Ready
+    request: Deferred[IResponse]
+
+
 def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body).encode()
 
@@ -158,6 +177,10 @@ class JobRunner:
             reactor=reactor, jobs=jobs, artifacts=artifacts, max_attempts=max_attempts
         )
         self._ahead: dict[str, Deferred[_Ready | None]] = {}  # rows read ahead (prefetch)
+        self._staging: str | None = None  # the job ``stage`` was last asked for
+        self._staged: _Staged | None = None
+        self.staged_sends = 0
+        """Attempts whose request was formatted ahead and sent as one write (``stage``)."""
         self.knows_resident: Callable[[str], bool] | None = None
         """The worker's view: True when ``model`` is surely resident (no need to ask)."""
         self.on_load: Callable[[str, float], None] | None = None
@@ -204,6 +227,48 @@ class JobRunner:
             ahead[job_id] = reading
         self._ahead = ahead
 
+    def stage(self, job_id: str) -> None:
+        """Format the request of ``job_id`` (likely next) once its row is read ahead.
+
+        If the next attempt is that job's, and its model is known resident
+        then, the attempt's first act is one write of these bytes (ADR 0024):
+        the target is handed on before the attempt's objects are built.
+        """
+        if self._staging == job_id:
+            return
+        self._staging, self._staged = job_id, None
+        reading = self._ahead.get(job_id)
+        if reading is None:
+            return
+
+        def format_it(ready: _Ready | None) -> _Ready | None:
+            queued = ready is not None and ready.row.state == jobstate.JobState.QUEUED
+            if queued and self._staging == job_id:
+                assert ready is not None
+                row = ready.row
+                prepared = prepare_call(self._upstream, self._token, row.endpoint, ready.body)
+                self._staged = _Staged(ready, prepared)
+            return ready
+
+        reading.addCallback(format_it)
+
+    @property
+    def staged_job(self) -> str | None:
+        """The job whose request is formatted and ready to go out as one write."""
+        return None if self._staged is None else self._staged.ready.row.id
+
+    def _send_staged(self, job_id: str) -> _Sent | None:
+        """Send ``job_id``'s staged request now, when there is one and no load comes first."""
+        staged, self._staged, self._staging = self._staged, None, None
+        if staged is None or staged.ready.row.id != job_id:
+            return None
+        ready = staged.ready
+        if not self._known_loaded(ready.row, ready.request):
+            return None
+        self._ahead.pop(job_id, None)
+        self.staged_sends += 1
+        return _Sent(ready, self._upstream.send(staged.prepared))
+
     def has_ahead(self, job_id: str) -> bool:
         """Whether ``job_id``'s row is read (or being read) ahead."""
         return job_id in self._ahead
@@ -234,12 +299,13 @@ class JobRunner:
         an ``internal_error`` that is retried with backoff like a target fault.
         """
         self.job_id, self.tokens, self.phase = job_id, 0, "loading"
+        sent = self._send_staged(job_id)  # first: the target waits for nothing else
         self.recorder.closing = False
         self._between = None
         attempt = Attempt(job_id)
         try:
             try:
-                return await self._attempt(attempt)
+                return await self._attempt(attempt, sent)
             except TargetError as e:
                 error = e
             except Exception as e:
@@ -301,17 +367,21 @@ class JobRunner:
         else:
             start()
 
-    async def _attempt(self, attempt: Attempt) -> str | None:
+    async def _attempt(self, attempt: Attempt, sent: _Sent | None) -> str | None:
         job_id = attempt.job_id
-        ready = await self._ready(job_id)
+        ready = sent.ready if sent is not None else await self._ready(job_id)
         if ready is None or ready.row.state != jobstate.JobState.QUEUED:
+            if sent is not None:  # never: only a queued row is staged
+                sent.request.cancel()
             return None
         row, request = ready.row, ready.request
-        if self._known_loaded(row, request):
+        if sent is not None or self._known_loaded(row, request):
             # the request leaves first; the two state writes follow once the
             # target has taken it (ADR 0022); their compare-and-set still
             # aborts a cancelled job
-            generating = Deferred.fromCoroutine(self._generate(row, request, ready.body))
+            generating = Deferred.fromCoroutine(
+                self._generate(row, request, ready.body, None if sent is None else sent.request)
+            )
             try:
                 now = self._clock.seconds()
                 self._write(
@@ -388,6 +458,7 @@ class JobRunner:
         body: bytes,
         on_data: Callable[[bytes], None],
         on_complete: Callable[[], None] | None = None,
+        sent: Deferred[IResponse] | None = None,
     ) -> int:
         received = 0
 
@@ -406,6 +477,8 @@ class JobRunner:
                 on_data(data)
 
         if self._between is not None:
+            if sent is not None:
+                sent.cancel()
             raise self._between
         call = TargetCall(
             self._reactor,
@@ -416,6 +489,7 @@ class JobRunner:
             bounded,
             self._idle_timeout,
             on_complete,
+            sent,
         )
         self._call = call
         try:
@@ -424,24 +498,38 @@ class JobRunner:
             if self._call is call:  # not the next attempt's (``_free``)
                 self._call = None
 
-    async def _generate(self, row: JobRow, request: dict[str, Any], body: bytes) -> Collector:
-        """The target call of the attempt; what it answered, assembled later by the recorder."""
+    async def _generate(
+        self,
+        row: JobRow,
+        request: dict[str, Any],
+        body: bytes,
+        sent: Deferred[IResponse] | None = None,
+    ) -> Collector:
+        """The target call of the attempt; what it answered, assembled later by the recorder.
+
+        ``sent``: the request already left (``stage``); the call takes it over.
+        """
         endpoint = row.endpoint
-        # the stream.ndjson artifact, written while it arrives
-        raw = (
-            self._artifacts.stream(row.id, "stream.ndjson")
-            if job_wants_stream(endpoint, request)
-            else None
-        )
 
         def on_tokens(tokens: int) -> None:
             if self.job_id == row.id:
                 self.tokens = tokens
             self._jobs.hub.publish(row.id, Progress(row.id, tokens))
 
-        collector = Collector(
-            endpoint, raw, min(self._max_response, LINE_LIMIT), self._clock.seconds, on_tokens
-        )
+        try:
+            # the stream.ndjson artifact, written while it arrives
+            raw = (
+                self._artifacts.stream(row.id, "stream.ndjson")
+                if job_wants_stream(endpoint, request)
+                else None
+            )
+            collector = Collector(
+                endpoint, raw, min(self._max_response, LINE_LIMIT), self._clock.seconds, on_tokens
+            )
+        except BaseException:
+            if sent is not None:
+                sent.cancel()  # nothing would read its answer
+            raise
 
         def on_data(data: bytes) -> None:
             try:
@@ -450,7 +538,7 @@ class JobRunner:
                 self.abort(e)
 
         try:
-            await self._target(endpoint, body, on_data, lambda: self._free(row))
+            await self._target(endpoint, body, on_data, lambda: self._free(row), sent)
         except BaseException:
             if raw is not None:
                 await raw.abort()  # the attempt left no result: no stream file either

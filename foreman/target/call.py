@@ -25,8 +25,9 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from foreman.target.upstream import Upstream
+from foreman.target.wirepool import Prepared
 
-__all__ = ["TargetCall", "TargetError"]
+__all__ = ["TargetCall", "TargetError", "prepare_call"]
 
 # error kinds, shared with foreman.core.jobstate
 UNREACHABLE = "target_unreachable"
@@ -89,6 +90,14 @@ def _ignore(data: bytes) -> None:
     """``on_data`` of a call that has ended."""
 
 
+def prepare_call(upstream: Upstream, token: str | None, path: str, body: bytes) -> Prepared:
+    """The worker's POST of ``body`` to ``path``, formatted to be sent later."""
+    head = [_CONTENT_TYPE, _USER_AGENT]
+    if token:
+        head.append(b"Authorization: Bearer %s\r\n" % token.encode())
+    return upstream.prepare(b"POST", path.encode(), head, body)
+
+
 def _message_of(body: bytes, status: int) -> str:
     try:
         parsed = json.loads(body)
@@ -114,7 +123,9 @@ class TargetCall:
         on_data: Callable[[bytes], None],
         idle_timeout: float = 900.0,
         on_complete: Callable[[], None] | None = None,
+        sent: Deferred[IResponse] | None = None,
     ) -> None:
+        """``sent``: the request already went out (a staged dispatch); the call owns it."""
         self._reactor = reactor
         self._upstream = upstream
         self._token = token
@@ -123,7 +134,7 @@ class TargetCall:
         self._on_data = on_data
         self._on_complete = on_complete  # told at the last byte of a whole 2xx answer
         self._idle_timeout = idle_timeout
-        self._request: Deferred[IResponse] | None = None
+        self._request: Deferred[IResponse] | None = sent
         self._reader: _Reader | None = None
         self._done: Deferred[None] | None = None
         self._timer: Any = None
@@ -135,10 +146,9 @@ class TargetCall:
 
     async def run(self) -> int:
         """Send the request and deliver the body; returns the status (2xx) or raises."""
-        head = [_CONTENT_TYPE, _USER_AGENT]
-        if self._token:
-            head.append(b"Authorization: Bearer %s\r\n" % self._token.encode())
-        self._request = self._upstream.relay(b"POST", self._path.encode(), head, self._body)
+        if self._request is None:
+            prepared = prepare_call(self._upstream, self._token, self._path, self._body)
+            self._request = self._upstream.send(prepared)
         self._arm()
         try:
             response = await self._request

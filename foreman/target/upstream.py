@@ -38,7 +38,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from foreman.target.wirepool import WirePool
+from foreman.target.wirepool import Prepared, WirePool
 
 __all__ = ["Upstream", "build_upstream"]
 
@@ -113,6 +113,14 @@ class Upstream:
         (large uploads). Cancelling the Deferred aborts the request.
         """
         return self.wire.request(method, self.path + uri, head, body)
+
+    def prepare(self, method: bytes, uri: bytes, head: list[bytes], body: bytes) -> Prepared:
+        """A request formatted now and sent later with ``send`` (``relay``'s rules)."""
+        return self.wire.prepare(method, self.path + uri, head, body)
+
+    def send(self, prepared: Prepared) -> Deferred[IResponse]:
+        """Send a request ``prepare`` formatted; fires like ``relay``."""
+        return self.wire.send(prepared)
 
     def url(self, uri: bytes) -> bytes:
         """Absolute target URL for a request URI."""

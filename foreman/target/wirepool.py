@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -27,10 +28,18 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from foreman.target.exchange import Exchange
 from foreman.target.wire import WireConnection
 
-__all__ = ["WirePool"]
+__all__ = ["Prepared", "WirePool"]
 
 #: Methods that announce an empty body (``Content-Length: 0``) when they have none.
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+@frozen
+class Prepared:
+    """A whole request, formatted ahead of the moment it is sent (``WirePool.prepare``)."""
+
+    method: bytes
+    data: bytes
 
 
 class _Factory(Factory):
@@ -93,14 +102,41 @@ class WirePool:
             parts.append(b"Content-Length: %d\r\n\r\n" % body.length)
             producer = body
         ex = Exchange(method, parts, producer)
+        self._dispatch(ex)
+        return ex.d
+
+    def prepare(self, method: bytes, target: bytes, head: list[bytes], body: bytes) -> Prepared:
+        """A request with a bytes body, formatted now and sent later by ``send``.
+
+        The worker builds the next job's request while the target works on the
+        current one, so handing the target on costs a single write (ADR 0024).
+        """
+        data = b"".join(
+            (
+                b"%s %s HTTP/1.1\r\n" % (method, target),
+                self._host_line,
+                *head,
+                b"Content-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
+        return Prepared(method, data)
+
+    def send(self, prepared: Prepared) -> Deferred[IResponse]:
+        """Send a request ``prepare`` formatted: like ``request``, minus the formatting."""
+        ex = Exchange(prepared.method, [prepared.data], None)
+        self._dispatch(ex)
+        return ex.d
+
+    def _dispatch(self, ex: Exchange) -> None:
+        """On the most recently used idle connection, or on a new one."""
         idle = self._idle
         while idle:
             conn = idle.pop()
             if not conn.stale():
                 conn.send(ex, True)
-                return ex.d
+                return
         self._connect(ex)
-        return ex.d
 
     # -- connections -----------------------------------------------------------
 

@@ -63,6 +63,9 @@ class JobRunner(Protocol):
     def has_ahead(self, job_id: str) -> bool:
         """Whether ``prefetch`` already covers ``job_id``."""
 
+    def stage(self, job_id: str) -> None:
+        """Get the request of ``job_id`` (the likely next run) ready to send as one write."""
+
     @property
     def ahead_count(self) -> int:
         """Rows read ahead and not used yet."""
@@ -589,17 +592,18 @@ class Worker:
 
         The window is planned again (``order``) when half of it is used or the
         next pick is not in it, about once every ``PREFETCH_WINDOW / 2`` jobs:
-        the rows of the new half are read while the old half runs.
+        the rows of the new half are read while the old half runs. The next
+        pick's request is formatted once its row is in (``stage``, ADR 0024).
         """
         queue, resident = self._queue, self.resident()
         following = queue.scheduler.peek(queue.clock(), resident)
         if following is None or following.kind == INTERACTIVE:
             return
         runner = self._runner
-        if runner.has_ahead(following.key) and runner.ahead_count > PREFETCH_WINDOW // 2:
-            return
-        upcoming = queue.order(resident, PREFETCH_WINDOW)
-        self._runner.prefetch([w.key for w in upcoming if w.kind != INTERACTIVE])
+        if not runner.has_ahead(following.key) or runner.ahead_count <= PREFETCH_WINDOW // 2:
+            upcoming = queue.order(resident, PREFETCH_WINDOW)
+            runner.prefetch([w.key for w in upcoming if w.kind != INTERACTIVE])
+        runner.stage(following.key)
 
     def cancel_job(self, job_id: str) -> None:
         if self._runner.job_id == job_id:

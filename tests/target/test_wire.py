@@ -413,6 +413,43 @@ async def test_consecutive_requests_share_one_connection_handed_back_before_the_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_prepared_request_is_the_bytes_relay_sends_on_the_same_connection() -> None:
+    """``prepare`` + ``send`` (a staged job, ADR 0024) put the same bytes on the wire as
+    ``relay``, under the target URL's path prefix, and reuse the kept connection."""
+    server = ScriptServer()
+    factory = Factory.forProtocol(lambda: _Scripted(server))
+    port: Any = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    upstream = build_upstream(reactor, f"http://127.0.0.1:{port.getHost().port}/ollama/")
+    try:
+        server.answer(OK_5)
+        server.answer(OK_5)
+        head = [b"Content-Type: application/json\r\n", b"Authorization: Bearer t\r\n"]
+        body = b'{"model": "m", "stream": true}'
+        response = await upstream.relay(b"POST", b"/api/chat", head, body)
+        got = Body()
+        response.deliverBody(got)
+        await got.done
+        prepared = upstream.prepare(b"POST", b"/api/chat", head, body)
+        assert prepared.method == b"POST"
+        response = await upstream.send(prepared)
+        again = Body()
+        response.deliverBody(again)
+        await again.done
+        assert got.data == again.data == b"hello"
+        assert server.requests[0] == server.requests[1]
+        first_line = server.requests[1][0].split(b"\r\n")[0]
+        assert first_line == b"POST /ollama/api/chat HTTP/1.1"
+        assert server.requests[1][1] == body
+        assert server.accepted == 1
+    finally:
+        await upstream.close()
+        for conn in list(server.open):
+            cast(Any, conn.transport).abortConnection()
+        await port.stopListening()
+        await until(lambda: not server.open)
+
+
+@pytest_twisted.ensureDeferred
 async def test_connection_close_and_http10_are_not_reused() -> None:
     async with scripted() as (server, upstream):
         server.answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")

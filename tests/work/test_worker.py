@@ -40,6 +40,7 @@ class FakeRunner:
         self.finish_on_abort = True
         self._pending: dict[str, Deferred[str | None]] = {}
         self.prefetched: list[list[str]] = []
+        self.staged: list[str] = []
 
     async def run(self, job_id: str) -> str | None:
         self.started.append(job_id)
@@ -59,6 +60,9 @@ class FakeRunner:
 
     def has_ahead(self, job_id: str) -> bool:
         return job_id in self._ahead()
+
+    def stage(self, job_id: str) -> None:
+        self.staged.append(job_id)
 
     @property
     def ahead_count(self) -> int:
@@ -239,6 +243,8 @@ def test_rows_of_the_next_jobs_are_read_ahead_half_a_window_early(h: Harness) ->
     planned = {j for window in h.runner.prefetched for j in window}
     assert planned == {f"j{n}" for n in range(2, total + 1)}  # every job but the first
     assert h.runner.started == [f"j{n}" for n in range(1, total + 1)]
+    # and each dispatch staged the pick after it (ADR 0024)
+    assert h.runner.staged == [f"j{n}" for n in range(2, total + 1)]
 
 
 def test_idle_worker_picks_up_work_added_later(h: Harness) -> None:
