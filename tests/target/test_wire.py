@@ -198,11 +198,11 @@ class Body(Protocol):
 
 
 @asynccontextmanager
-async def scripted() -> AsyncIterator[tuple[ScriptServer, Upstream]]:
+async def scripted(prefix: str = "") -> AsyncIterator[tuple[ScriptServer, Upstream]]:
     server = ScriptServer()
     factory = Factory.forProtocol(lambda: _Scripted(server))
     port: Any = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-    upstream = build_upstream(reactor, f"http://127.0.0.1:{port.getHost().port}")
+    upstream = build_upstream(reactor, f"http://127.0.0.1:{port.getHost().port}{prefix}")
     try:
         yield server, upstream
     finally:
@@ -416,11 +416,7 @@ async def test_consecutive_requests_share_one_connection_handed_back_before_the_
 async def test_a_prepared_request_is_the_bytes_relay_sends_on_the_same_connection() -> None:
     """``prepare`` + ``send`` (a staged job, ADR 0024) put the same bytes on the wire as
     ``relay``, under the target URL's path prefix, and reuse the kept connection."""
-    server = ScriptServer()
-    factory = Factory.forProtocol(lambda: _Scripted(server))
-    port: Any = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
-    upstream = build_upstream(reactor, f"http://127.0.0.1:{port.getHost().port}/ollama/")
-    try:
+    async with scripted("/ollama/") as (server, upstream):
         server.answer(OK_5)
         server.answer(OK_5)
         head = [b"Content-Type: application/json\r\n", b"Authorization: Bearer t\r\n"]
@@ -441,12 +437,6 @@ async def test_a_prepared_request_is_the_bytes_relay_sends_on_the_same_connectio
         assert first_line == b"POST /ollama/api/chat HTTP/1.1"
         assert server.requests[1][1] == body
         assert server.accepted == 1
-    finally:
-        await upstream.close()
-        for conn in list(server.open):
-            cast(Any, conn.transport).abortConnection()
-        await port.stopListening()
-        await until(lambda: not server.open)
 
 
 @pytest_twisted.ensureDeferred
