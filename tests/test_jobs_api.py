@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
@@ -340,21 +341,30 @@ async def test_tokens_on_both_sides(tmp_path: Path) -> None:
         await stack.stop()
 
 
-async def _six_queued_then_started(
-    tmp_path: Path, token_rate: float
+async def _queued_behind_a_stopped_worker(
+    tmp_path: Path, token_rate: float, prompts: list[str]
 ) -> tuple[Any, Any, list[dict[str, Any]]]:
-    """A stack whose worker was stopped while jobs q0..q5 were queued, then started."""
+    """A stack whose worker is stopped, with one llama3.2 chat job queued per prompt."""
     from foreman.testing import OllamaSimulator
 
     sim = OllamaSimulator(models=("llama3.2",), token_rate=token_rate, load_time=0.0)
     stack = await start_stack(tmp_path, sim=sim)
     try:
         await stack.daemon.worker.stop(0)
-        jobs = [await stack.submit(chat("llama3.2", f"q{n}")) for n in range(6)]
-        stack.daemon.worker.start()
+        jobs = [await stack.submit(chat("llama3.2", prompt)) for prompt in prompts]
     except BaseException:
         await stack.stop()
         raise
+    return stack, sim, jobs
+
+
+async def _six_queued_then_started(
+    tmp_path: Path, token_rate: float
+) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """A stack whose worker was stopped while jobs q0..q5 were queued, then started."""
+    prompts = [f"q{n}" for n in range(6)]
+    stack, sim, jobs = await _queued_behind_a_stopped_worker(tmp_path, token_rate, prompts)
+    stack.daemon.worker.start()
     return stack, sim, jobs
 
 
@@ -578,5 +588,65 @@ async def test_a_staged_request_never_goes_before_the_load_its_model_needs(
         # each model's explicit load (no messages) before its own request
         assert asked == [("llama3.2", False), ("llama3.2", True), ("qwen3", False), ("qwen3", True)]
         assert runner.staged_sends == 0
+    finally:
+        await stack.stop()
+
+
+async def _all_recorded(stack: Any) -> None:
+    """Every queued job ran and its end is recorded (without reading a row to know it)."""
+    daemon = stack.daemon
+    await until(
+        lambda: (
+            len(daemon.queue.scheduler) == 0
+            and daemon.worker.state == "idle"
+            and daemon.runner.job_id is None
+            and daemon.runner.recorder.recording == 0
+        )
+    )
+
+
+def _count_row_reads(stack: Any) -> dict[str, int]:
+    """How often the job service reads one row, and how often a batch of rows."""
+    jobs, counts = stack.daemon.jobs, {"one": 0, "batch": 0}
+    get_row, get_rows = jobs.get_row, jobs.get_rows
+
+    def one(job_id: str) -> Any:
+        counts["one"] += 1
+        return get_row(job_id)
+
+    def batch(job_ids: Any) -> Any:
+        counts["batch"] += 1
+        return get_rows(job_ids)
+
+    jobs.get_row, jobs.get_rows = one, batch
+    return counts
+
+
+@pytest.mark.parametrize(("budget", "single_reads", "staged"), [(None, 1, 11), (0, 12, 0)])
+@pytest_twisted.ensureDeferred
+async def test_queued_jobs_rows_are_read_ahead_in_one_query_within_a_byte_budget(
+    tmp_path: Path, monkeypatch: Any, budget: int | None, single_reads: int, staged: int
+) -> None:
+    """Twelve jobs behind a stopped worker: the first is read when it runs, the eleven after
+    it in one read while it runs, and each of those goes out staged (ADR 0025). The
+    read-ahead holds at most ``READ_AHEAD_BYTES`` of requests: at zero no row is held, each
+    job is read when its turn comes and none is staged. Every job ends with its own answer."""
+    from foreman.jobs import runner
+
+    if budget is not None:
+        monkeypatch.setattr(runner, "READ_AHEAD_BYTES", budget)
+    prompts = [f"r{n}" for n in range(12)]
+    stack, _, jobs = await _queued_behind_a_stopped_worker(tmp_path, 400.0, prompts)
+    try:
+        counts = _count_row_reads(stack)
+        stack.daemon.worker.start()
+        await _all_recorded(stack)
+        # counted before any GET of ours reads a row
+        assert counts == {"one": single_reads, "batch": 1}
+        assert stack.daemon.runner.staged_sends == staged
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        assert [e["result"]["message"]["content"] for e in ends] == [
+            reply_text("llama3.2", p, 8) for p in prompts
+        ]
     finally:
         await stack.stop()

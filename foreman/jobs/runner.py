@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -110,9 +111,13 @@ def preload_request(endpoint: str, request: dict[str, Any]) -> tuple[str, dict[s
     return "/api/generate", {"model": model, "stream": False, **extra}
 
 
+#: request bytes one read-ahead keeps at most; the rows past it are read when they run
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
 @frozen
 class _Ready:
-    """A job's row with its request parsed and the body it sends encoded (read ahead)."""
+    """A job's row with its request parsed and the body it sends encoded."""
 
     row: JobRow
     request: dict[str, Any]
@@ -176,7 +181,7 @@ class JobRunner:
         self.recorder = Recorder(
             reactor=reactor, jobs=jobs, artifacts=artifacts, max_attempts=max_attempts
         )
-        self._ahead: dict[str, Deferred[_Ready | None]] = {}  # rows read ahead (prefetch)
+        self._ahead: dict[str, Deferred[JobRow | None]] = {}  # rows read ahead (prefetch)
         self._staging: str | None = None  # the job ``stage`` was last asked for
         self._staged: _Staged | None = None
         self.staged_sends = 0
@@ -215,16 +220,33 @@ class JobRunner:
 
         A window of them, not only the next one: a fast target answers before a
         single read comes back, and then every dispatch would wait for its row.
-        Rows already read (or being read) are kept; the others are dropped.
+        The rows not already read (or being read) are read in one query, one
+        thread hop for the lot; the others are kept, and the rest dropped.
         """
-        ahead: dict[str, Deferred[_Ready | None]] = {}
+        ahead: dict[str, Deferred[JobRow | None]] = {}
+        missing: list[str] = []
         for job_id in job_ids:
             reading = self._ahead.get(job_id)
             if reading is None:
-                read = Deferred.fromCoroutine(self._jobs.get_row(job_id))
-                reading = read.addCallback(_ready)
-                reading.addErrback(lambda _: None)  # run() reads again on a failure
-            ahead[job_id] = reading
+                missing.append(job_id)
+            else:
+                ahead[job_id] = reading
+        if missing:
+            batch = Deferred.fromCoroutine(self._jobs.get_rows(missing))
+            waiting: dict[str, Deferred[JobRow | None]] = {j: Deferred() for j in missing}
+
+            def spread(rows: dict[str, JobRow] | Failure) -> None:
+                held = 0
+                for job_id, d in waiting.items():
+                    row = None if isinstance(rows, Failure) else rows.get(job_id)
+                    if row is not None:
+                        held += len(row.request)
+                        if held > READ_AHEAD_BYTES:
+                            row = None  # large requests: read when they run
+                    d.callback(row)  # None: run() reads the row itself
+
+            batch.addBoth(spread)
+            ahead.update(waiting)
         self._ahead = ahead
 
     def stage(self, job_id: str) -> None:
@@ -241,14 +263,19 @@ class JobRunner:
         if reading is None:
             return
 
-        def format_it(ready: _Ready | None) -> _Ready | None:
-            queued = ready is not None and ready.row.state == jobstate.JobState.QUEUED
+        def format_it(row: JobRow | None) -> JobRow | None:
+            queued = row is not None and row.state == jobstate.JobState.QUEUED
             if queued and self._staging == job_id:
-                assert ready is not None
-                row = ready.row
-                prepared = prepare_call(self._upstream, self._token, row.endpoint, ready.body)
-                self._staged = _Staged(ready, prepared)
-            return ready
+                assert row is not None
+                try:
+                    ready = _ready(row)
+                    assert ready is not None
+                    prepared = prepare_call(self._upstream, self._token, row.endpoint, ready.body)
+                except Exception:  # its attempt meets the same problem and records it
+                    _log.failure("job {job_id}: staging its request failed", job_id=job_id)
+                else:
+                    self._staged = _Staged(ready, prepared)
+            return row
 
         reading.addCallback(format_it)
 
@@ -281,11 +308,10 @@ class JobRunner:
     async def _ready(self, job_id: str) -> _Ready | None:
         """The job's row, request and body: read ahead, or read now."""
         reading = self._ahead.pop(job_id, None)
-        if reading is not None:
-            ready = await reading
-            if ready is not None:
-                return ready
-        return _ready(await self._jobs.get_row(job_id))
+        row = None if reading is None else await reading
+        if row is None:
+            row = await self._jobs.get_row(job_id)
+        return _ready(row)
 
     async def run(self, job_id: str) -> str | None:
         """One attempt's use of the target; returns the model now resident when it got that far.

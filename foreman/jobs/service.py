@@ -10,7 +10,7 @@ listeners and wakes the webhook delivery: every transition, the same path.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from twisted.logger import Logger, LogLevel
@@ -198,6 +198,14 @@ class JobService:
             return None
         row: JobRow | None = await self.store.read(lambda c: sql.get_job(c, job_id))
         return row
+
+    async def get_rows(self, job_ids: Sequence[str]) -> dict[str, JobRow]:
+        """The rows of those ``job_ids`` that exist, by id, in one read."""
+        valid = [job_id for job_id in job_ids if JOB_ID.match(job_id)]
+        if not valid:
+            return {}
+        rows: dict[str, JobRow] = await self.store.read(lambda c: sql.get_jobs(c, valid))
+        return rows
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         if not JOB_ID.match(job_id):

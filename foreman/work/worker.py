@@ -41,7 +41,7 @@ __all__ = ["Worker"]
 _log = Logger()
 
 #: job rows read ahead while the target works (a fast target outruns one read)
-PREFETCH_WINDOW = 8
+PREFETCH_WINDOW = 32
 
 
 class JobRunner(Protocol):

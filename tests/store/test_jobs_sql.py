@@ -23,6 +23,7 @@ from foreman.store.jobs import (
     events_after,
     expired_jobs,
     get_job,
+    get_jobs,
     insert_job,
     interrupted_jobs,
     list_jobs,
@@ -170,6 +171,20 @@ def test_insert_job_returns_row_created_and_queued_event(
 
 def test_get_job_of_unknown_id_is_none(conn: sqlite3.Connection) -> None:
     assert get_job(conn, "job_nope") is None
+
+
+def test_get_jobs_reads_many_rows_at_once_past_one_query_chunk(
+    conn: sqlite3.Connection, render: Render
+) -> None:
+    """The worker's read-ahead: the existing rows by id, equal to one-by-one reads; ids that
+    do not exist (or repeat) are simply absent (or once); more ids than one query takes."""
+    rows = [add(conn, render, at=T0 + n) for n in range(1_203)]
+    wanted = [r.id for r in reversed(rows)] + ["job_nope", rows[5].id]
+    got = get_jobs(conn, wanted)
+    assert set(got) == {r.id for r in rows}
+    assert all(got[r.id] == get_job(conn, r.id) == r for r in rows)
+    assert get_jobs(conn, []) == {}
+    assert get_jobs(conn, ["job_nope"]) == {}
 
 
 def test_same_idempotency_key_and_body_returns_the_existing_job(
