@@ -650,3 +650,41 @@ async def test_queued_jobs_rows_are_read_ahead_in_one_query_within_a_byte_budget
         ]
     finally:
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_wait_while_recording_is_backlogged_and_a_chat_does_not(
+    tmp_path: Path,
+) -> None:
+    """ADR 0026: a target faster than the disk cannot pile up answers: with the recorder's
+    limit at 2 and recordings slowed, never more than 3 attempts are being recorded (the
+    limit, and the one whose last byte started the next job before it was counted); the
+    worker waits for room between jobs, a chat sent meanwhile is answered at once, and every
+    job ends with its own answer."""
+    prompts = [f"w{n}" for n in range(6)]
+    stack, _, jobs = await _queued_behind_a_stopped_worker(tmp_path, 400.0, prompts)
+    try:
+        recorder = stack.daemon.runner.recorder
+        recorder.limit, recorder.after_dispatch = 2, 0.3
+        most = [0]
+        later = recorder.later
+
+        def counted(job_id: str, work: Any, tokens: int) -> None:
+            later(job_id, work, tokens)
+            most[0] = max(most[0], recorder.recording)
+
+        recorder.later = counted
+        stack.daemon.worker.start()
+        await until(lambda: stack.daemon.worker.state == "waiting_for_recording")
+        started = reactor.seconds()
+        answered = await stack.post("/api/chat", chat("llama3.2", "meanwhile", stream=False))
+        assert answered.status == 200, answered.body
+        assert answered.json()["message"]["content"] == reply_text("llama3.2", "meanwhile", 8)
+        assert reactor.seconds() - started < 0.25  # before any recording made room
+        ends = [await stack.wait_job(j["id"]) for j in jobs]
+        assert [e["result"]["message"]["content"] for e in ends] == [
+            reply_text("llama3.2", p, 8) for p in prompts
+        ]
+        assert most[0] == recorder.limit + 1
+    finally:
+        await stack.stop()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,7 +35,7 @@ from foreman.target.call import INTERNAL, TargetError
 if TYPE_CHECKING:
     from foreman.jobs.service import JobService
 
-__all__ = ["AFTER_DISPATCH", "Attempt", "Recorder"]
+__all__ = ["AFTER_DISPATCH", "MAX_RECORDING", "Attempt", "Recorder"]
 
 _log = Logger()
 
@@ -45,6 +45,11 @@ _log = Logger()
 #: threads on the other core) delayed the target reading the next request by
 #: about 0.3 ms on 2 cores; this late, it delays nothing (ADR 0022).
 AFTER_DISPATCH = 0.002
+
+#: attempts being recorded at once at most: past it the worker starts no job
+#: until one is recorded, so a target faster than the disk cannot pile up
+#: answers in memory (ADR 0026)
+MAX_RECORDING = 64
 
 
 @define
@@ -94,6 +99,9 @@ class Recorder:
         self.on_recorded: Callable[[], None] | None = None
         #: seconds a job's bookkeeping waits after a dispatch (``AFTER_DISPATCH``)
         self.after_dispatch = AFTER_DISPATCH
+        #: attempts recorded at once before ``backlogged`` (``MAX_RECORDING``)
+        self.limit = MAX_RECORDING
+        self._room: list[Deferred[None]] = []
 
     def close(self) -> None:
         """Stop retrying writes (foreman stops; start-up recovery settles the jobs)."""
@@ -127,6 +135,10 @@ class Recorder:
         def done(result: Any) -> None:
             self._recording.discard(d)
             self._recorded_tokens.pop(job_id, None)
+            if not self.backlogged:
+                waiting, self._room = self._room, []
+                for room in waiting:
+                    room.callback(None)
             if isinstance(result, Failure):
                 _log.failure("job {job_id}: recording the attempt failed", result, job_id=job_id)
             if self.on_recorded is not None:
@@ -138,6 +150,24 @@ class Recorder:
     def recording(self) -> int:
         """Attempts whose answer or error is still being written."""
         return len(self._recording)
+
+    @property
+    def backlogged(self) -> bool:
+        """``limit`` attempts are being recorded: no job should start now."""
+        return len(self._recording) >= self.limit
+
+    def when_room(self) -> Deferred[None]:
+        """Fires once fewer than ``limit`` attempts are being recorded (now, if so)."""
+        if not self.backlogged:
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in self._room:
+                self._room.remove(d)
+
+        room: Deferred[None] = Deferred(cancel)
+        self._room.append(room)
+        return room
 
     async def drain(self) -> None:
         """Wait for what earlier attempts still record (at shutdown, before the store closes)."""

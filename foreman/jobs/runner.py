@@ -296,6 +296,15 @@ class JobRunner:
         self.staged_sends += 1
         return _Sent(ready, self._upstream.send(staged.prepared))
 
+    @property
+    def backlogged(self) -> bool:
+        """So many attempts are still being recorded that no job should start (ADR 0026)."""
+        return self.recorder.backlogged
+
+    def when_room(self) -> Deferred[None]:
+        """Fires once a job may start again (``backlogged`` is over)."""
+        return self.recorder.when_room()
+
     def has_ahead(self, job_id: str) -> bool:
         """Whether ``job_id``'s row is read (or being read) ahead."""
         return job_id in self._ahead

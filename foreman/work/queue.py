@@ -16,6 +16,7 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
+from foreman.core.residency import canonical_model
 from foreman.core.scheduler import INTERACTIVE, JOB, Resident, Scheduler, Waiting
 from foreman.work.admission import InferenceCall, QueueFull, Slot
 
@@ -44,6 +45,7 @@ class WorkQueue:
     _delayed: dict[str, Any] = field(factory=dict)  # job id -> IDelayedCall
     _seq: int = 0
     _waiter: Deferred[None] | None = None
+    _arrivals: list[Deferred[None]] = field(factory=list)
     on_change: Callable[[], None] | None = None
     #: the worker dispatches nothing while the target is down, so the proxy may
     #: hand back a request that met a refusing target
@@ -123,6 +125,22 @@ class WorkQueue:
             self._changed()
         return item
 
+    def pick_interactive(self, resident: Resident) -> Waiting | None:
+        """The interactive request to run while no job may: the highest priority, a
+        resident model's first, then the oldest (the scheduler's order, without jobs)."""
+        waiting = [w for w in map(self.scheduler.get, self._held) if w is not None]
+        if not waiting:
+            return None
+        listed = () if resident is None else (resident,) if isinstance(resident, str) else resident
+        names = {canonical_model(m) for m in listed}
+        item = min(
+            waiting,
+            key=lambda w: (-w.priority, canonical_model(w.model) not in names, w.age),
+        )
+        self.scheduler.remove(item.key)
+        self._changed()
+        return item
+
     def wait_for_work(self) -> Deferred[None]:
         """Fires once something waits (at once if something already does)."""
         d: Deferred[None] = Deferred()
@@ -132,11 +150,26 @@ class WorkQueue:
             self._waiter = d
         return d
 
+    def next_arrival(self) -> Deferred[None]:
+        """Fires when the next request or job is queued (a worker waiting for something
+        else looks at the queue again)."""
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in self._arrivals:
+                self._arrivals.remove(d)
+
+        d: Deferred[None] = Deferred(cancel)
+        self._arrivals.append(d)
+        return d
+
     def _wake(self) -> None:
         self._changed()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.called:
             waiter.callback(None)
+        arrivals, self._arrivals = self._arrivals, []
+        for d in arrivals:
+            d.callback(None)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -155,6 +188,9 @@ class WorkQueue:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.called:
             waiter.cancel()
+        arrivals, self._arrivals = self._arrivals, []
+        for d in arrivals:
+            d.cancel()
 
     # -- views
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from foreman.core.backoff import RECORD_RETRY
 from foreman.core.eta import Estimator
@@ -67,8 +68,34 @@ class JobRunner(Protocol):
         """Get the request of ``job_id`` (the likely next run) ready to send as one write."""
 
     @property
+    def backlogged(self) -> bool:
+        """So many attempts are still being recorded that no job should start."""
+
+    def when_room(self) -> Deferred[None]:
+        """Fires once a job may start again."""
+
+    @property
     def ahead_count(self) -> int:
         """Rows read ahead and not used yet."""
+
+
+def _first_of(*ds: Deferred[None]) -> Deferred[None]:
+    """Fires when the first of ``ds`` succeeds; cancelling it cancels them all."""
+
+    def cancel(_: Deferred[None]) -> None:
+        for d in ds:
+            if not d.called:
+                d.cancel()
+
+    first: Deferred[None] = Deferred(cancel)
+
+    def fired(result: object) -> None:
+        if not isinstance(result, Failure) and not first.called:
+            first.callback(None)
+
+    for d in ds:
+        d.addBoth(fired)
+    return first
 
 
 class StorageHealth(Protocol):
@@ -290,6 +317,7 @@ class Worker:
                         self._holding.append(held)
                         await self._wait(held)
                     await self._wait_for_target()
+                    await self._wait_for_recording()
                 except CancelledError:
                     break
                 self.state = "idle"
@@ -314,7 +342,10 @@ class Worker:
     def _next(self) -> _Launch | None:
         """Pick and start the next dispatch, or None when nothing can start now."""
         resident = self.resident()
-        item = self._queue.pick(resident)
+        if self._jobs_held_back():  # only an interactive request may start (ADR 0026)
+            item = self._queue.pick_interactive(resident)
+        else:
+            item = self._queue.pick(resident)
         if item is None or self._storage_refuses(item):
             return None
         needs_load = canonical_model(item.model) not in resident
@@ -373,6 +404,7 @@ class Worker:
             or self.paused
             or self._monitor.state != "up"
             or not self._queued()
+            or (self._jobs_held_back() and not self._queue.interactive_waiting)
         ):
             self._changed()
             return
@@ -385,6 +417,27 @@ class Worker:
             self.early += 1
         else:
             self._changed()
+
+    def _jobs_held_back(self) -> bool:
+        """No job may start: the runner records too many attempts (ADR 0026)."""
+        return self._runner.backlogged
+
+    async def _wait_for_recording(self) -> None:
+        """While no job may start, wait for room, or for an interactive request to run.
+
+        A target that answers faster than the disk takes the answers would
+        otherwise pile them up in memory without bound. Interactive requests
+        are not held back: ``_next`` picks among them meanwhile.
+        """
+        while not self._stopping and self._jobs_held_back() and not self._queue.interactive_waiting:
+            self.state = "waiting_for_recording"
+            room, arrival = self._runner.when_room(), self._queue.next_arrival()
+            try:
+                await self._wait(_first_of(room, arrival))
+            finally:
+                for d in (room, arrival):
+                    if not d.called:
+                        d.cancel()
 
     def _queued(self) -> int:
         """Requests and jobs waiting for the target (a released slot's ``waiting``)."""

@@ -115,3 +115,40 @@ def test_immediate_admission_admits_at_once() -> None:
     slot = _fired(ImmediateAdmission().admit(_call()))
     assert slot.queue_wait_ms == 0.0
     slot.release()
+
+
+def test_pick_interactive_skips_jobs_and_ranks_priority_residency_then_age(
+    clock: Clock,
+) -> None:
+    """What runs while no job may start (ADR 0026): only interactive requests, highest
+    priority first, a resident model's before another's, then the oldest."""
+    queue = WorkQueue(Scheduler(60.0), 8, clock, clock=clock.seconds)
+    queue.add_job("job_old", "m", 99, 0.0, None)  # older and higher: still not picked
+    clock.advance(1)
+    queue.admit(InferenceCall("other", 10, "/api/chat", True, 0.0))  # req_2 (the job was 1)
+    clock.advance(1)
+    queue.admit(InferenceCall("m", 10, "/api/chat", True, 0.0))  # req_3
+    clock.advance(1)
+    queue.admit(InferenceCall("other", 20, "/api/chat", True, 0.0))  # req_4
+    clock.advance(1)
+    queue.admit(InferenceCall("m:latest", 10, "/api/chat", True, 0.0))  # req_5
+    picked = [queue.pick_interactive(["m"]) for _ in range(4)]
+    assert [p.key if p else None for p in picked] == ["req_4", "req_3", "req_5", "req_2"]
+    assert queue.pick_interactive(["m"]) is None
+    assert "job_old" in queue.scheduler and len(queue.scheduler) == 1
+    # taken from the scheduler, still held for the worker to admit
+    assert queue.interactive_waiting == 4
+
+
+def test_next_arrival_fires_on_the_next_queued_item_and_can_be_cancelled(
+    queue: WorkQueue,
+) -> None:
+    first, second = queue.next_arrival(), queue.next_arrival()
+    second.cancel()
+    assert not first.called
+    queue.add_job("job_a", "m", 0, 0.0, None)
+    assert _fired(first) is None
+    assert isinstance(_fired(second), Failure)
+    later = queue.next_arrival()
+    queue.admit(_call())
+    assert _fired(later) is None

@@ -41,6 +41,24 @@ class FakeRunner:
         self._pending: dict[str, Deferred[str | None]] = {}
         self.prefetched: list[list[str]] = []
         self.staged: list[str] = []
+        self.backlogged = False
+        self._room: list[Deferred[None]] = []
+
+    def when_room(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.backlogged:
+            self._room.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def recorded(self) -> None:
+        """The backlog is over: the worker's wait for room ends."""
+        self.backlogged = False
+        room, self._room = self._room, []
+        for d in room:
+            if not d.called:
+                d.callback(None)
 
     async def run(self, job_id: str) -> str | None:
         self.started.append(job_id)
@@ -328,6 +346,46 @@ def test_interactive_priority_goes_before_an_older_job(h: Harness) -> None:
     slot = result_of(d)
     assert h.runner.started == []
     slot.release()
+    assert h.runner.started == ["j1"]
+
+
+def test_no_job_starts_while_recording_is_backlogged_but_a_chat_still_goes(h: Harness) -> None:
+    """ADR 0026: with the runner too far behind recording, the next job waits (the target
+    idles, memory stays bounded); an interactive request arriving meanwhile goes at once;
+    the jobs go on once there is room again, in their order."""
+    for n in (1, 2, 3):
+        h.add(f"j{n}", "m")
+    h.worker.start()
+    assert h.runner.started == ["j1"]
+    h.runner.backlogged = True
+    h.runner.finish("j1", "m")
+    assert h.runner.started == ["j1"]  # j2 waits for room
+    assert h.worker.state == "waiting_for_recording"
+    chat = h.admit("m", priority=0)
+    slot = result_of(chat)  # not held back by the jobs' backlog
+    assert h.runner.started == ["j1"]
+    slot.outcome(200, None)
+    slot.release()
+    assert h.runner.started == ["j1"]  # still no room for a job
+    assert h.worker.state == "waiting_for_recording"
+    h.runner.recorded()
+    assert h.runner.started == ["j1", "j2"]
+    h.runner.finish("j2", "m")
+    assert h.runner.started == ["j1", "j2", "j3"]  # handed on at once: no backlog now
+    h.runner.finish("j3", "m")
+    assert h.worker.state == "idle"
+
+
+def test_a_worker_waiting_for_recording_room_stops_cleanly(h: Harness) -> None:
+    h.add("j1", "m")
+    h.add("j2", "m")
+    h.worker.start()
+    h.runner.backlogged = True
+    h.runner.finish("j1", "m")
+    assert h.worker.state == "waiting_for_recording"
+    stopping = Deferred.fromCoroutine(h.worker.stop(5))
+    result_of(stopping)
+    assert h.worker.state == "stopped"
     assert h.runner.started == ["j1"]
 
 
