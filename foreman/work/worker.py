@@ -43,6 +43,9 @@ _log = Logger()
 
 #: job rows read ahead while the target works (a fast target outruns one read)
 PREFETCH_WINDOW = 32
+#: seconds after a job's dispatch before the worker looks ahead (reads rows, stages
+#: the next request): the target takes its request first (ADRs 0022, 0024)
+LOOK_AHEAD_AFTER = 0.002
 
 
 class JobRunner(Protocol):
@@ -241,6 +244,8 @@ class Worker:
         self.dispatched_at: float | None = None
         self.dispatch_load = 0.0  # the learned cost of the load the running dispatch began with
         self._load_seen: tuple[str, float] | None = None
+        self._look_ahead: Any = None  # the pending look-ahead's IDelayedCall
+        self.look_ahead_after = LOOK_AHEAD_AFTER
 
     def hold(self) -> None:
         """Dispatch nothing from the next pick on; the running request goes on."""
@@ -629,7 +634,7 @@ class Worker:
         running = Deferred.fromCoroutine(self._runner.run(item.key))
         if self._job is launch:  # still running: observers hear it started
             self._changed()
-        self._prefetch_next()
+        self._look_ahead_later()
         running.addCallbacks(ended, failed).chainDeferred(launch.done)
 
     def _job_over(self, launch: _Launch) -> None:
@@ -639,6 +644,16 @@ class Worker:
             self.current = None
             self.state = "idle"
             self._changed()
+
+    def _look_ahead_later(self) -> None:
+        """Look ahead once the target has had time to take the request (one timer)."""
+        if self._look_ahead is None or not self._look_ahead.active():
+            self._look_ahead = self._reactor.callLater(self.look_ahead_after, self._look_now)
+
+    def _look_now(self) -> None:
+        self._look_ahead = None
+        if not self._stopping:
+            self._prefetch_next()
 
     def _prefetch_next(self) -> None:
         """While the target works, read the rows of the jobs most likely to run next.
@@ -665,6 +680,9 @@ class Worker:
     async def stop(self, grace: float) -> None:
         """Stop taking work; give the running request ``grace`` seconds, then abort it."""
         self._stopping = True
+        if self._look_ahead is not None and self._look_ahead.active():
+            self._look_ahead.cancel()
+        self._look_ahead = None
         if self._waiting is not None:
             self._waiting.cancel()
         if self._loop is None:

@@ -23,7 +23,7 @@ from foreman.target.call import SHUTDOWN, TargetError
 from foreman.work.admission import InferenceCall, Slot
 from foreman.work.queue import WorkQueue
 from foreman.work.views import queue_view, work_status
-from foreman.work.worker import PREFETCH_WINDOW, JobRunner, Worker
+from foreman.work.worker import LOOK_AHEAD_AFTER, PREFETCH_WINDOW, JobRunner, Worker
 from tests.deferreds import failure_of, result_of
 
 # -- helpers ---------------------------------------------------------------
@@ -247,22 +247,44 @@ def test_rows_of_the_next_jobs_are_read_ahead_half_a_window_early(h: Harness) ->
     for n in range(1, total + 1):
         h.add(f"j{n}", "m")
     h.worker.start()
+    assert h.runner.prefetched == []  # the target takes j1's request first
+    h.clock.advance(LOOK_AHEAD_AFTER)
     # j1 runs; the next PREFETCH_WINDOW jobs in dispatch order are read ahead
     assert h.runner.prefetched == [[f"j{n}" for n in range(2, PREFETCH_WINDOW + 2)]]
     half = PREFETCH_WINDOW // 2
     for n in range(1, half + 1):
         h.runner.finish(f"j{n}", "m")
+        h.clock.advance(LOOK_AHEAD_AFTER)
     # half of the window is used: a new window starts at the next pick, whose row is
     # already read (kept, not read again); the other half's rows are read now
     assert len(h.runner.prefetched) == 2
     assert h.runner.prefetched[1] == [f"j{n}" for n in range(half + 2, half + 2 + PREFETCH_WINDOW)]
     for n in range(half + 1, total + 1):
         h.runner.finish(f"j{n}", "m")
+        h.clock.advance(LOOK_AHEAD_AFTER)
     planned = {j for window in h.runner.prefetched for j in window}
     assert planned == {f"j{n}" for n in range(2, total + 1)}  # every job but the first
     assert h.runner.started == [f"j{n}" for n in range(1, total + 1)]
     # and each dispatch staged the pick after it (ADR 0024)
     assert h.runner.staged == [f"j{n}" for n in range(2, total + 1)]
+
+
+def test_the_look_ahead_is_one_timer_and_stop_cancels_it(h: Harness) -> None:
+    """Dispatches closer together than ``LOOK_AHEAD_AFTER`` share one look-ahead; a
+    stopping worker leaves no timer behind."""
+    for n in (1, 2, 3):
+        h.add(f"j{n}", "m")
+    h.worker.start()
+    h.runner.finish("j1", "m")  # j2 starts before j1's look-ahead ran
+    assert len(h.clock.getDelayedCalls()) == 1
+    h.clock.advance(LOOK_AHEAD_AFTER)
+    assert h.runner.staged == ["j3"]  # planned from where the queue is now
+    h.runner.finish("j2", "m")
+    assert len(h.clock.getDelayedCalls()) == 1
+    stopping = Deferred.fromCoroutine(h.worker.stop(5))
+    h.runner.finish("j3", "m")
+    result_of(stopping)
+    assert h.clock.getDelayedCalls() == []
 
 
 def test_idle_worker_picks_up_work_added_later(h: Harness) -> None:
@@ -642,6 +664,7 @@ def test_target_down_dispatches_nothing_wakes_rate_limited_and_pokes(clock: Cloc
     h.monitor.come_up()
     assert h.runner.started == ["j1"]
     assert h.worker.state == "working"
+    h.clock.advance(LOOK_AHEAD_AFTER)  # the look-ahead after j1's dispatch
     assert h.clock.getDelayedCalls() == [], "the poke timer outlived the wait"
     assert h.monitor.pokes[-1] == 60.0
 
