@@ -325,6 +325,8 @@ class Worker:
                     await self._wait_for_recording()
                 except CancelledError:
                     break
+                if self.paused:
+                    continue  # held while it waited for the target or the disk
                 self.state = "idle"
                 launch = self._next()
                 if launch is None:

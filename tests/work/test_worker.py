@@ -398,6 +398,36 @@ def test_no_job_starts_while_recording_is_backlogged_but_a_chat_still_goes(h: Ha
     assert h.worker.state == "idle"
 
 
+def test_a_hold_while_waiting_for_recording_room_is_kept(h: Harness) -> None:
+    """Paused (``POST /queue/pause``) while jobs wait for the disk: room alone does not
+    start the next job; resuming does."""
+    for n in (1, 2):
+        h.add(f"j{n}", "m")
+    h.worker.start()
+    h.runner.backlogged = True
+    h.runner.finish("j1", "m")
+    assert h.worker.state == "waiting_for_recording"
+    h.worker.hold()
+    h.runner.recorded()
+    assert h.runner.started == ["j1"]
+    assert h.worker.state == "paused"
+    h.worker.release()
+    assert h.runner.started == ["j1", "j2"]
+
+
+def test_a_hold_while_waiting_for_the_target_is_kept(clock: Clock) -> None:
+    h = make(clock, state="down")
+    h.add("j1", "m")
+    h.worker.start()
+    assert h.worker.state == "waiting_for_target"
+    h.worker.hold()
+    h.monitor.come_up()
+    assert h.runner.started == []
+    assert h.worker.state == "paused"
+    h.worker.release()
+    assert h.runner.started == ["j1"]
+
+
 def test_a_worker_waiting_for_recording_room_stops_cleanly(h: Harness) -> None:
     h.add("j1", "m")
     h.add("j2", "m")
