@@ -325,8 +325,8 @@ class Worker:
                     await self._wait_for_recording()
                 except CancelledError:
                     break
-                if self.paused:
-                    continue  # held while it waited for the target or the disk
+                if self.paused or self._monitor.state != "up":
+                    continue  # held, or the target went away, while it waited for the disk
                 self.state = "idle"
                 launch = self._next()
                 if launch is None:

@@ -415,6 +415,23 @@ def test_a_hold_while_waiting_for_recording_room_is_kept(h: Harness) -> None:
     assert h.runner.started == ["j1", "j2"]
 
 
+def test_a_target_that_goes_down_while_jobs_wait_for_the_disk_gets_nothing(h: Harness) -> None:
+    """Room comes while the target is down: no attempt is spent on it; the job goes
+    once the target answers again."""
+    for n in (1, 2):
+        h.add(f"j{n}", "m")
+    h.worker.start()
+    h.runner.backlogged = True
+    h.runner.finish("j1", "m")
+    assert h.worker.state == "waiting_for_recording"
+    h.monitor.go_down()
+    h.runner.recorded()
+    assert h.runner.started == ["j1"]
+    assert h.worker.state == "waiting_for_target"
+    h.monitor.come_up()
+    assert h.runner.started == ["j1", "j2"]
+
+
 def test_a_hold_while_waiting_for_the_target_is_kept(clock: Clock) -> None:
     h = make(clock, state="down")
     h.add("j1", "m")
