@@ -124,9 +124,7 @@ class _Ready:
     body: bytes
 
 
-def _ready(row: JobRow | None) -> _Ready | None:
-    if row is None:
-        return None
+def _ready(row: JobRow) -> _Ready:
     request = row.request_body()
     return _Ready(row, request, _encode(wire_request(row.endpoint, request)))
 
@@ -264,17 +262,15 @@ class JobRunner:
             return
 
         def format_it(row: JobRow | None) -> JobRow | None:
-            queued = row is not None and row.state == jobstate.JobState.QUEUED
-            if queued and self._staging == job_id:
-                assert row is not None
-                try:
-                    ready = _ready(row)
-                    assert ready is not None
-                    prepared = prepare_call(self._upstream, self._token, row.endpoint, ready.body)
-                except Exception:  # its attempt meets the same problem and records it
-                    _log.failure("job {job_id}: staging its request failed", job_id=job_id)
-                else:
-                    self._staged = _Staged(ready, prepared)
+            if row is None or row.state != jobstate.JobState.QUEUED or self._staging != job_id:
+                return row
+            try:
+                ready = _ready(row)
+                prepared = prepare_call(self._upstream, self._token, row.endpoint, ready.body)
+            except Exception:  # its attempt meets the same problem and records it
+                _log.failure("job {job_id}: staging its request failed", job_id=job_id)
+            else:
+                self._staged = _Staged(ready, prepared)
             return row
 
         reading.addCallback(format_it)
@@ -320,7 +316,7 @@ class JobRunner:
         row = None if reading is None else await reading
         if row is None:
             row = await self._jobs.get_row(job_id)
-        return _ready(row)
+        return None if row is None else _ready(row)
 
     async def run(self, job_id: str) -> str | None:
         """One attempt's use of the target; returns the model now resident when it got that far.

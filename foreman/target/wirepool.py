@@ -89,18 +89,11 @@ class WirePool:
         A body is bytes (written with the head) or a producer with a known
         length (streamed after it). Cancelling the Deferred aborts the request.
         """
-        parts = [b"%s %s HTTP/1.1\r\n" % (method, target), self._host_line, *head]
-        producer: IBodyProducer | None = None
-        if body is None:
-            parts.append(b"Content-Length: 0\r\n\r\n" if method in _BODY_METHODS else b"\r\n")
-        elif isinstance(body, bytes):
-            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-            parts.append(body)
-        else:
-            if body.length is UNKNOWN_LENGTH:
-                return fail(ValueError("a request body producer needs a known length"))
-            parts.append(b"Content-Length: %d\r\n\r\n" % body.length)
-            producer = body
+        try:
+            parts = self._parts(method, target, head, body)
+        except ValueError as e:
+            return fail(e)
+        producer = None if body is None or isinstance(body, bytes) else body
         ex = Exchange(method, parts, producer)
         self._dispatch(ex)
         return ex.d
@@ -111,16 +104,27 @@ class WirePool:
         The worker builds the next job's request while the target works on the
         current one, so handing the target on costs a single write (ADR 0024).
         """
-        data = b"".join(
-            (
-                b"%s %s HTTP/1.1\r\n" % (method, target),
-                self._host_line,
-                *head,
-                b"Content-Length: %d\r\n\r\n" % len(body),
-                body,
-            )
-        )
-        return Prepared(method, data)
+        return Prepared(method, b"".join(self._parts(method, target, head, body)))
+
+    def _parts(
+        self,
+        method: bytes,
+        target: bytes,
+        head: list[bytes],
+        body: bytes | IBodyProducer | None,
+    ) -> list[bytes]:
+        """Request line, Host, the caller's header lines, Content-Length and a bytes body."""
+        parts = [b"%s %s HTTP/1.1\r\n" % (method, target), self._host_line, *head]
+        if body is None:
+            parts.append(b"Content-Length: 0\r\n\r\n" if method in _BODY_METHODS else b"\r\n")
+        elif isinstance(body, bytes):
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            parts.append(body)
+        else:
+            if body.length is UNKNOWN_LENGTH:
+                raise ValueError("a request body producer needs a known length")
+            parts.append(b"Content-Length: %d\r\n\r\n" % body.length)
+        return parts
 
     def send(self, prepared: Prepared) -> Deferred[IResponse]:
         """Send a request ``prepare`` formatted: like ``request``, minus the formatting."""

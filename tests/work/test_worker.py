@@ -7,7 +7,7 @@ each test is synchronous and takes microseconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -375,14 +375,7 @@ def test_no_job_starts_while_recording_is_backlogged_but_a_chat_still_goes(h: Ha
     """ADR 0026: with the runner too far behind recording, the next job waits (the target
     idles, memory stays bounded); an interactive request arriving meanwhile goes at once;
     the jobs go on once there is room again, in their order."""
-    for n in (1, 2, 3):
-        h.add(f"j{n}", "m")
-    h.worker.start()
-    assert h.runner.started == ["j1"]
-    h.runner.backlogged = True
-    h.runner.finish("j1", "m")
-    assert h.runner.started == ["j1"]  # j2 waits for room
-    assert h.worker.state == "waiting_for_recording"
+    _jobs_waiting_for_the_disk(h, jobs=3)  # j2 waits for room
     chat = h.admit("m", priority=0)
     slot = result_of(chat)  # not held back by the jobs' backlog
     assert h.runner.started == ["j1"]
@@ -398,37 +391,39 @@ def test_no_job_starts_while_recording_is_backlogged_but_a_chat_still_goes(h: Ha
     assert h.worker.state == "idle"
 
 
-def test_a_hold_while_waiting_for_recording_room_is_kept(h: Harness) -> None:
-    """Paused (``POST /queue/pause``) while jobs wait for the disk: room alone does not
-    start the next job; resuming does."""
-    for n in (1, 2):
+def _jobs_waiting_for_the_disk(h: Harness, jobs: int = 2) -> None:
+    """``jobs`` queued, the first one ran, and the rest wait for recording room."""
+    for n in range(1, jobs + 1):
         h.add(f"j{n}", "m")
     h.worker.start()
     h.runner.backlogged = True
     h.runner.finish("j1", "m")
-    assert h.worker.state == "waiting_for_recording"
-    h.worker.hold()
-    h.runner.recorded()
     assert h.runner.started == ["j1"]
-    assert h.worker.state == "paused"
-    h.worker.release()
-    assert h.runner.started == ["j1", "j2"]
+    assert h.worker.state == "waiting_for_recording"
 
 
-def test_a_target_that_goes_down_while_jobs_wait_for_the_disk_gets_nothing(h: Harness) -> None:
-    """Room comes while the target is down: no attempt is spent on it; the job goes
-    once the target answers again."""
-    for n in (1, 2):
-        h.add(f"j{n}", "m")
-    h.worker.start()
-    h.runner.backlogged = True
-    h.runner.finish("j1", "m")
-    assert h.worker.state == "waiting_for_recording"
-    h.monitor.go_down()
+@pytest.mark.parametrize(
+    ("meanwhile", "state", "after"),
+    [
+        # paused (``POST /queue/pause``): room alone does not start the next job
+        (lambda h: h.worker.hold(), "paused", lambda h: h.worker.release()),
+        # the target went down: no attempt is spent on it
+        (lambda h: h.monitor.go_down(), "waiting_for_target", lambda h: h.monitor.come_up()),
+    ],
+    ids=["hold", "target-down"],
+)
+def test_what_happens_while_jobs_wait_for_the_disk_holds_when_room_comes(
+    h: Harness,
+    meanwhile: Callable[[Harness], None],
+    state: str,
+    after: Callable[[Harness], None],
+) -> None:
+    _jobs_waiting_for_the_disk(h)
+    meanwhile(h)
     h.runner.recorded()
     assert h.runner.started == ["j1"]
-    assert h.worker.state == "waiting_for_target"
-    h.monitor.come_up()
+    assert h.worker.state == state
+    after(h)
     assert h.runner.started == ["j1", "j2"]
 
 
@@ -446,12 +441,7 @@ def test_a_hold_while_waiting_for_the_target_is_kept(clock: Clock) -> None:
 
 
 def test_a_worker_waiting_for_recording_room_stops_cleanly(h: Harness) -> None:
-    h.add("j1", "m")
-    h.add("j2", "m")
-    h.worker.start()
-    h.runner.backlogged = True
-    h.runner.finish("j1", "m")
-    assert h.worker.state == "waiting_for_recording"
+    _jobs_waiting_for_the_disk(h)
     stopping = Deferred.fromCoroutine(h.worker.stop(5))
     result_of(stopping)
     assert h.worker.state == "stopped"
